@@ -1,0 +1,187 @@
+//! The in-process broker: topics and their groups, shared by every client
+//! connected to it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use busline_core::dead_letter_topic;
+use serde::{Deserialize, Serialize};
+
+use crate::message::Stored;
+use crate::queue::{Entry, GroupQueue};
+
+/// Tuning of the memory backend (the `[memory]` section of `BusConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Messages a group's queue holds before publishers wait for space.
+    /// Dead letters are taken even beyond it, so giving up on an event never
+    /// blocks.
+    pub queue_capacity: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 100_000,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Topic {
+    groups: RwLock<Vec<(String, Arc<GroupQueue>)>>,
+}
+
+impl Topic {
+    fn snapshot(&self) -> Vec<Arc<GroupQueue>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, q)| q.clone())
+            .collect()
+    }
+}
+
+pub(crate) struct BrokerState {
+    config: MemoryConfig,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+}
+
+/// An in-process broker. Clients ([`MemoryBus`](crate::MemoryBus)) connected
+/// to the same broker see each other's events, as services connected to one
+/// real broker do.
+///
+/// ```
+/// let broker = busline_memory::MemoryBroker::new();
+/// let publisher = broker.connect();
+/// let consumer = broker.connect();
+/// # let _ = (publisher, consumer);
+/// ```
+#[derive(Clone)]
+pub struct MemoryBroker {
+    pub(crate) state: Arc<BrokerState>,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("config", &self.state.config)
+            .finish()
+    }
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBroker {
+    /// A new, empty broker with default tuning.
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default())
+    }
+
+    /// A new, empty broker.
+    pub fn with_config(config: MemoryConfig) -> Self {
+        Self {
+            state: Arc::new(BrokerState {
+                config,
+                topics: RwLock::default(),
+            }),
+        }
+    }
+
+    /// The process-wide broker called `name` (`memory://name`; the empty name
+    /// is `memory://`), created on first use with `config`.
+    pub fn named(name: &str, config: MemoryConfig) -> Self {
+        static BROKERS: OnceLock<Mutex<HashMap<String, MemoryBroker>>> = OnceLock::new();
+        BROKERS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_insert_with(|| MemoryBroker::with_config(config))
+            .clone()
+    }
+
+    /// A new client connection.
+    pub fn connect(&self) -> crate::MemoryBus {
+        crate::MemoryBus::new(self.clone())
+    }
+
+    /// Messages waiting in `group` on `topic` (not counting those in
+    /// flight); `None` if the group does not exist.
+    pub fn depth(&self, topic: &str, group: &str) -> Option<usize> {
+        let topic = self
+            .state
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)?
+            .clone();
+        let groups = topic.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups.iter().find(|(g, _)| g == group).map(|(_, q)| q.depth())
+    }
+}
+
+impl BrokerState {
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn topic_or_create(&self, name: &str) -> Arc<Topic> {
+        if let Some(t) = self.topic(name) {
+            return t;
+        }
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The queue of `group` on `topic`, created (with its DLQ group) if new.
+    pub(crate) fn group(&self, topic: &str, group: &str) -> Arc<GroupQueue> {
+        let queue = self.group_only(topic, group);
+        self.group_only(&dead_letter_topic(topic, group), group);
+        queue
+    }
+
+    fn group_only(&self, topic: &str, group: &str) -> Arc<GroupQueue> {
+        let topic = self.topic_or_create(topic);
+        let mut groups = topic.groups.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, q)) = groups.iter().find(|(g, _)| g == group) {
+            return q.clone();
+        }
+        let q = GroupQueue::new(self.config.queue_capacity);
+        groups.push((group.to_owned(), q.clone()));
+        q
+    }
+
+    /// Stores a message for every group of `topic`, waiting for space.
+    pub(crate) async fn publish(&self, topic: &str, message: Stored) {
+        let Some(topic) = self.topic(topic) else { return };
+        let message = Arc::new(message);
+        for queue in topic.snapshot() {
+            queue.push(Entry::new(message.clone())).await;
+        }
+    }
+
+    /// Stores a dead letter for every group of `topic` at once.
+    pub(crate) fn publish_now(&self, topic: &str, message: Stored) {
+        let message = Arc::new(message);
+        if let Some(topic) = self.topic(topic) {
+            for queue in topic.snapshot() {
+                queue.push_now(Entry::new(message.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! A client connection to a [`MemoryBroker`]: the `EventBus` of the memory
+//! backend.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use busline_core::{
+    async_trait, Acknowledge, Capabilities, ConsumeError, DeadLetter, Delivery, EventBus, PublishError,
+    PublishErrorKind, RawEvent, SettleError, SubscribeError, SubscribeErrorKind, SubscribeOptions,
+    Subscription,
+};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::message::{Stored, WireMessage};
+use crate::queue::{Entry, GroupQueue};
+use crate::MemoryBroker;
+
+/// One connection to an in-memory broker. Cloning shares the connection.
+#[derive(Clone)]
+pub struct MemoryBus {
+    broker: MemoryBroker,
+    closed: Arc<Closed>,
+}
+
+#[derive(Default)]
+struct Closed {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Closed {
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBus")
+            .field("closed", &self.closed.is_set())
+            .finish()
+    }
+}
+
+impl MemoryBus {
+    pub(crate) fn new(broker: MemoryBroker) -> Self {
+        Self {
+            broker,
+            closed: Arc::default(),
+        }
+    }
+
+    /// The broker this client is connected to.
+    pub fn broker(&self) -> &MemoryBroker {
+        &self.broker
+    }
+
+    /// Publishes a message in wire form, as a foreign producer would: its
+    /// headers are read only when delivered, so a malformed one arrives as a
+    /// poison delivery. For interop and poison tests.
+    pub async fn publish_wire(&self, topic: &str, message: WireMessage) -> Result<(), PublishError> {
+        self.check_open(topic)?;
+        self.publish_stored(topic, Stored::Wire(message)).await
+    }
+
+    fn check_open(&self, topic: &str) -> Result<(), PublishError> {
+        if self.closed.is_set() {
+            Err(PublishError::new(PublishErrorKind::Closed, topic))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn publish_stored(&self, topic: &str, message: Stored) -> Result<(), PublishError> {
+        // A publish waiting for queue space when the client closes fails: the
+        // caller learns the event was not stored.
+        tokio::select! {
+            biased;
+            _ = self.broker.state.publish(topic, message) => Ok(()),
+            _ = self.closed.wait() => Err(PublishError::new(PublishErrorKind::Closed, topic)),
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for MemoryBus {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none().with_order_per_key(true)
+    }
+
+    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+        self.check_open(topic)?;
+        self.publish_stored(topic, Stored::Event(event)).await
+    }
+
+    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+        self.check_open(topic)?;
+        for event in events {
+            self.publish_stored(topic, Stored::Event(event)).await?;
+        }
+        Ok(())
+    }
+
+    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        if self.closed.is_set() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        if topic.is_empty() || group.is_empty() {
+            return Err(SubscribeError::new(SubscribeErrorKind::InvalidName, topic));
+        }
+        self.broker.state.group(topic, group);
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        self.provision(topic, group).await?;
+        let member = Member {
+            queue: self.broker.state.group(topic, group),
+            broker: self.broker.clone(),
+            closed: self.closed.clone(),
+            in_flight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            topic: topic.into(),
+            group: group.into(),
+        };
+        Ok(Subscription::new(futures::stream::unfold(
+            member,
+            |member| async move {
+                let delivery = member.next().await?;
+                Some((Ok::<_, ConsumeError>(delivery), member))
+            },
+        )))
+    }
+
+    async fn shutdown(&self) {
+        self.closed.flag.store(true, Ordering::Release);
+        self.closed.notify.notify_waiters();
+    }
+}
+
+/// One subscription's side of a group queue.
+struct Member {
+    queue: Arc<GroupQueue>,
+    broker: MemoryBroker,
+    closed: Arc<Closed>,
+    in_flight: Arc<Semaphore>,
+    topic: Arc<str>,
+    group: Arc<str>,
+}
+
+impl Member {
+    /// The next delivery, or `None` once the client is closed.
+    async fn next(&self) -> Option<Delivery> {
+        let permit = tokio::select! {
+            biased;
+            _ = self.closed.wait() => return None,
+            p = self.in_flight.clone().acquire_owned() => p.ok()?,
+        };
+        loop {
+            let available = self.queue.available();
+            tokio::pin!(available);
+            available.as_mut().enable();
+            if self.closed.is_set() {
+                return None;
+            }
+            if let Some(entry) = self.queue.try_pop() {
+                return Some(self.deliver(entry, permit));
+            }
+            tokio::select! {
+                biased;
+                _ = self.closed.wait() => return None,
+                _ = available => {}
+            }
+        }
+    }
+
+    fn deliver(&self, entry: Entry, permit: OwnedSemaphorePermit) -> Delivery {
+        let event = entry.message.read();
+        let attempt = entry.attempt;
+        Delivery::new(
+            event,
+            attempt,
+            self.topic.clone(),
+            self.group.clone(),
+            Box::new(MemoryAcker {
+                entry: Some(entry),
+                queue: self.queue.clone(),
+                broker: self.broker.clone(),
+                _permit: permit,
+            }),
+        )
+    }
+}
+
+/// Settles one memory delivery; dropped undecided, it puts the message back
+/// at the front of its queue.
+struct MemoryAcker {
+    entry: Option<Entry>,
+    queue: Arc<GroupQueue>,
+    broker: MemoryBroker,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl MemoryAcker {
+    fn take(&mut self) -> Entry {
+        self.entry.take().expect("a memory delivery is settled once")
+    }
+}
+
+#[async_trait]
+impl Acknowledge for MemoryAcker {
+    async fn ack(mut self: Box<Self>) -> Result<(), SettleError> {
+        let entry = self.take();
+        self.queue.settle(entry.key.as_ref());
+        Ok(())
+    }
+
+    async fn nack(mut self: Box<Self>, retry_after: Duration) -> Result<(), SettleError> {
+        let entry = self.take();
+        self.queue.redeliver(entry, retry_after);
+        Ok(())
+    }
+
+    async fn dead_letter(mut self: Box<Self>, letter: DeadLetter) -> Result<(), SettleError> {
+        let entry = self.take();
+        let dead = entry.message.dead_lettered(&letter);
+        self.broker.state.publish_now(&letter.dead_letter_topic(), dead);
+        self.queue.settle(entry.key.as_ref());
+        Ok(())
+    }
+}
+
+impl Drop for MemoryAcker {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.queue.redeliver(entry, Duration::ZERO);
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The handle applications hold: typed publishing over any backend.
+
+use std::sync::Arc;
+
+use busline_codecs::CodecRegistry;
+
+use crate::{
+    BusConfig, Capabilities, ConfigError, ConsumerConfig, DeadLetterPolicy, DomainEvent, Event, EventBus,
+    Payload, PublishError, PublishErrorKind, RawEvent, RetryPolicy, SubscribeError, SubscribeOptions,
+    Subscription,
+};
+
+/// What a [`Bus`] stamps on events and hands routers as defaults.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// `source` of every event published without one.
+    pub service: String,
+    /// Encodes published payloads; decodes received ones by content type.
+    pub codecs: CodecRegistry,
+    /// Default retry policy of routers.
+    pub retry: RetryPolicy,
+    /// Default dead-letter policy of routers.
+    pub dead_letter: DeadLetterPolicy,
+    /// Default consumer settings of routers.
+    pub consumer: ConsumerConfig,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            service: "busline".into(),
+            codecs: CodecRegistry::json(),
+            retry: RetryPolicy::default(),
+            dead_letter: DeadLetterPolicy::default(),
+            consumer: ConsumerConfig::default(),
+        }
+    }
+}
+
+impl BusSettings {
+    /// The settings a configuration asks for.
+    pub fn from_config(config: &BusConfig) -> Result<Self, ConfigError> {
+        let codecs = CodecRegistry::by_name(&config.codec)
+            .ok_or_else(|| ConfigError::UnknownCodec(config.codec.clone()))?;
+        Ok(Self {
+            service: config.service.clone(),
+            codecs,
+            retry: config.retry.clone(),
+            dead_letter: config.dead_letter.clone(),
+            consumer: config.consumer.clone(),
+        })
+    }
+
+    /// Sets the service name.
+    pub fn with_service(mut self, service: impl Into<String>) -> Self {
+        self.service = service.into();
+        self
+    }
+
+    /// Sets the codecs.
+    pub fn with_codecs(mut self, codecs: CodecRegistry) -> Self {
+        self.codecs = codecs;
+        self
+    }
+
+    /// Sets the default retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the default consumer settings.
+    pub fn with_consumer(mut self, consumer: ConsumerConfig) -> Self {
+        self.consumer = consumer;
+        self
+    }
+}
+
+/// A connected bus: cheap to clone, shared by publishers and routers.
+///
+/// ```
+/// # async fn demo(bus: busline_core::Bus) -> Result<(), busline_core::PublishError> {
+/// # #[derive(serde::Serialize, serde::Deserialize)]
+/// # struct OrderCreated { order_id: String }
+/// # impl busline_core::Event for OrderCreated { const TYPE: &'static str = "order.created"; }
+/// let id = bus.publish("orders", OrderCreated { order_id: "o-1".into() }).await?;
+/// # let _ = id; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    transport: Arc<dyn EventBus>,
+    settings: Arc<BusSettings>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("service", &self.settings.service)
+            .field("capabilities", &self.transport.capabilities())
+            .finish()
+    }
+}
+
+impl Bus {
+    /// A bus over a backend.
+    pub fn new(transport: impl EventBus, settings: BusSettings) -> Self {
+        Self::from_arc(Arc::new(transport), settings)
+    }
+
+    /// A bus over a shared backend.
+    pub fn from_arc(transport: Arc<dyn EventBus>, settings: BusSettings) -> Self {
+        Self {
+            transport,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// The backend.
+    pub fn transport(&self) -> &Arc<dyn EventBus> {
+        &self.transport
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &BusSettings {
+        &self.settings
+    }
+
+    /// The codecs.
+    pub fn codecs(&self) -> &CodecRegistry {
+        &self.settings.codecs
+    }
+
+    /// What the backend promises.
+    pub fn capabilities(&self) -> Capabilities {
+        self.transport.capabilities()
+    }
+
+    /// Publishes `data` as a new event and returns its id once the broker has
+    /// it.
+    pub async fn publish<E: Event>(&self, topic: &str, data: E) -> Result<String, PublishError> {
+        self.publish_event(topic, DomainEvent::new(data)).await
+    }
+
+    /// Publishes a prepared envelope (key, correlation, extensions set by
+    /// the caller) and returns its id.
+    pub async fn publish_event<E: Event>(
+        &self,
+        topic: &str,
+        event: DomainEvent<E>,
+    ) -> Result<String, PublishError> {
+        let raw = self.encode(topic, event)?;
+        let id = raw.id.clone();
+        self.transport.publish(topic, raw).await?;
+        Ok(id)
+    }
+
+    /// Publishes several envelopes with their confirmations outstanding at
+    /// once; returns when every one is confirmed.
+    pub async fn publish_batch<E: Event>(
+        &self,
+        topic: &str,
+        events: Vec<DomainEvent<E>>,
+    ) -> Result<(), PublishError> {
+        let raws = events
+            .into_iter()
+            .map(|e| self.encode(topic, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.transport.publish_batch(topic, raws).await
+    }
+
+    /// Publishes an already encoded event as it is (source filled in if
+    /// empty).
+    pub async fn publish_raw(&self, topic: &str, mut event: RawEvent) -> Result<(), PublishError> {
+        if event.source.is_empty() {
+            event.source.clone_from(&self.settings.service);
+        }
+        crate::wire::validate(&event)
+            .map_err(|e| PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e))?;
+        self.transport.publish(topic, event).await
+    }
+
+    /// Encodes a typed envelope into the raw form a backend publishes.
+    pub fn encode<E: Event>(&self, topic: &str, event: DomainEvent<E>) -> Result<RawEvent, PublishError> {
+        let codecs = &self.settings.codecs;
+        let mut raw = event.try_map_data(|data| {
+            codecs
+                .encode(&data)
+                .map(|bytes| Payload {
+                    content_type: codecs.content_type().to_owned(),
+                    bytes: bytes.into(),
+                })
+                .map_err(|e| PublishError::new(PublishErrorKind::Encode, topic).with_source(e))
+        })?;
+        if raw.source.is_empty() {
+            raw.source.clone_from(&self.settings.service);
+        }
+        crate::wire::validate(&raw)
+            .map_err(|e| PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e))?;
+        Ok(raw)
+    }
+
+    /// Creates `group` on `topic` (and its DLQ) ahead of its first consumer.
+    pub async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        self.transport.provision(topic, group).await
+    }
+
+    /// Joins `group` on `topic` and returns its raw deliveries. Most
+    /// applications use a [`Router`](crate::Router) instead.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        self.transport.subscribe(topic, group, options).await
+    }
+
+    /// Shuts the backend connection down.
+    pub async fn shutdown(&self) {
+        self.transport.shutdown().await
+    }
+}

@@ -1,0 +1,167 @@
+//! A received event and the decision that settles it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use crate::dead_letter::{DeadLetter, DeadLetterReason};
+use crate::{EnvelopeError, RawEvent, SettleError};
+
+/// The backend's side of settling one delivery.
+///
+/// An implementation that is dropped without one of its methods having been
+/// called must make the broker deliver the event again (the contract's
+/// "dropped undecided = redelivered").
+#[async_trait]
+pub trait Acknowledge: Send + 'static {
+    /// The event is handled; the broker forgets it.
+    async fn ack(self: Box<Self>) -> Result<(), SettleError>;
+    /// Deliver the event again after `retry_after`, with the attempt number
+    /// one higher.
+    async fn nack(self: Box<Self>, retry_after: Duration) -> Result<(), SettleError>;
+    /// Move the event to `letter.dead_letter_topic()`: envelope and payload
+    /// byte for byte, plus the letter's attributes; then forget the original.
+    async fn dead_letter(self: Box<Self>, letter: DeadLetter) -> Result<(), SettleError>;
+}
+
+/// The detached settle handle of a delivery: it travels with the event into
+/// a handler task and is consumed by exactly one decision.
+pub struct Acker {
+    inner: Box<dyn Acknowledge>,
+    topic: Arc<str>,
+    group: Arc<str>,
+    attempt: u32,
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker")
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl Acker {
+    /// Acknowledges: the event is handled.
+    pub async fn ack(self) -> Result<(), SettleError> {
+        self.inner.ack().await
+    }
+
+    /// Asks for redelivery after `retry_after`.
+    pub async fn nack(self, retry_after: Duration) -> Result<(), SettleError> {
+        self.inner.nack(retry_after).await
+    }
+
+    /// Dead-letters the event to `<topic>.<group>.dlq` with a reason and the
+    /// error text.
+    pub async fn dead_letter(
+        self,
+        reason: DeadLetterReason,
+        error: impl Into<String>,
+    ) -> Result<(), SettleError> {
+        let letter = DeadLetter {
+            reason,
+            error: error.into(),
+            topic: self.topic.to_string(),
+            group: self.group.to_string(),
+            attempts: self.attempt,
+            failed_at: Utc::now(),
+        };
+        self.inner.dead_letter(letter).await
+    }
+
+    /// The attempt number of this delivery (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The topic the delivery came from.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The group the delivery was made to.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+}
+
+/// One event handed to one group member.
+///
+/// The event is `Err` when the message's headers could not be read as an
+/// envelope: a poison message, which should be dead-lettered with
+/// [`DeadLetterReason::MalformedEnvelope`] (the router does this).
+#[derive(Debug)]
+pub struct Delivery {
+    event: Result<RawEvent, EnvelopeError>,
+    acker: Acker,
+}
+
+impl Delivery {
+    /// Assembles a delivery; for backends.
+    pub fn new(
+        event: Result<RawEvent, EnvelopeError>,
+        attempt: u32,
+        topic: Arc<str>,
+        group: Arc<str>,
+        acknowledge: Box<dyn Acknowledge>,
+    ) -> Self {
+        Self {
+            event,
+            acker: Acker {
+                inner: acknowledge,
+                topic,
+                group,
+                attempt: attempt.max(1),
+            },
+        }
+    }
+
+    /// The envelope, or why it could not be read.
+    pub fn event(&self) -> Result<&RawEvent, &EnvelopeError> {
+        self.event.as_ref()
+    }
+
+    /// The attempt number (1 for the first delivery).
+    pub fn attempt(&self) -> u32 {
+        self.acker.attempt
+    }
+
+    /// The topic the delivery came from.
+    pub fn topic(&self) -> &str {
+        &self.acker.topic
+    }
+
+    /// The group it was delivered to.
+    pub fn group(&self) -> &str {
+        &self.acker.group
+    }
+
+    /// Separates the event from its settle handle.
+    pub fn into_parts(self) -> (Result<RawEvent, EnvelopeError>, Acker) {
+        (self.event, self.acker)
+    }
+
+    /// See [`Acker::ack`].
+    pub async fn ack(self) -> Result<(), SettleError> {
+        self.acker.ack().await
+    }
+
+    /// See [`Acker::nack`].
+    pub async fn nack(self, retry_after: Duration) -> Result<(), SettleError> {
+        self.acker.nack(retry_after).await
+    }
+
+    /// See [`Acker::dead_letter`].
+    pub async fn dead_letter(
+        self,
+        reason: DeadLetterReason,
+        error: impl Into<String>,
+    ) -> Result<(), SettleError> {
+        self.acker.dead_letter(reason, error).await
+    }
+}

@@ -1,0 +1,59 @@
+//! busline-core: the envelope, the [`EventBus`] contract that backends
+//! implement, deliveries and their settlement, the typed [`Router`], retry and
+//! dead-letter policy, and configuration. It knows no broker.
+//!
+//! Applications usually depend on the `busline` facade, which connects a
+//! backend from a URL; this crate is what backends and the testkit build on.
+//!
+//! ```
+//! use busline_core::{DomainEvent, Event};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct OrderCreated { order_id: String, total_cents: u64 }
+//! impl Event for OrderCreated {
+//!     const TYPE: &'static str = "order.created";
+//!     const VERSION: u32 = 2;
+//! }
+//!
+//! let event = DomainEvent::new(OrderCreated { order_id: "o-1".into(), total_cents: 1250 })
+//!     .with_key("o-1");
+//! assert_eq!(event.version, 2);
+//! ```
+
+mod bus;
+mod config;
+pub mod dead_letter;
+mod delivery;
+mod error;
+mod event;
+mod replay;
+mod retry;
+mod router;
+mod transport;
+pub mod wire;
+
+pub use bus::{Bus, BusSettings};
+pub use busline_codecs as codecs;
+pub use busline_codecs::{CodecError, CodecRegistry};
+pub use config::{
+    is_secret_key, BackendSection, BrokerUrl, BusConfig, ConsumerConfig, ENV_CODEC, ENV_CONFIG_FILE,
+    ENV_SERVICE, ENV_URL,
+};
+pub use dead_letter::{
+    dead_letter_topic, DeadLetter, DeadLetterPolicy, DeadLetterReason, UnknownEventAction,
+};
+pub use delivery::{Acker, Acknowledge, Delivery};
+pub use error::{
+    BoxError, ConfigError, ConsumeError, ConsumeErrorKind, EnvelopeError, PublishError, PublishErrorKind,
+    SettleError, SettleErrorKind, SubscribeError, SubscribeErrorKind,
+};
+pub use event::{new_event_id, DomainEvent, Event, Payload, RawEvent};
+pub use replay::{Repair, ReplayError, ReplayOptions, ReplayReport, REPLAY_COUNT};
+pub use retry::{RetryDecision, RetryPolicy};
+pub use router::{
+    Context, FailureKind, Handler, HandlerError, Router, RouterError, RouterStats, RunningRouter,
+};
+pub use transport::{Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
+
+/// Re-exported for backends implementing [`EventBus`] and [`Acknowledge`].
+pub use async_trait::async_trait;

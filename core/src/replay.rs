@@ -1,0 +1,163 @@
+//! Moving dead letters back to the topic they came from.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use thiserror::Error;
+
+use crate::{dead_letter_topic, Bus, DeadLetter, PublishError, RawEvent, SubscribeError, SubscribeOptions};
+
+/// Extension attribute counting how often an event was replayed from a DLQ:
+/// operators see replay loops, and brokers that deduplicate by id see a
+/// replay as a new publish.
+pub const REPLAY_COUNT: &str = "replaycount";
+
+/// How much to replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// Move at most this many events.
+    pub max: usize,
+    /// Stop when the DLQ yields nothing for this long.
+    pub idle_timeout: Duration,
+    /// Dead letters whose envelope cannot be read cannot be republished; they
+    /// are returned to the DLQ with this delay, so one replay run does not
+    /// see them again.
+    pub unreadable_delay: Duration,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        Self {
+            max: usize::MAX,
+            idle_timeout: Duration::from_secs(2),
+            unreadable_delay: Duration::from_secs(600),
+        }
+    }
+}
+
+impl ReplayOptions {
+    /// At most `max` events.
+    pub fn max(mut self, max: usize) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Stop after `idle` without a dead letter.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Republished to their original topic and removed from the DLQ.
+    pub moved: usize,
+    /// Left in the DLQ because their envelope is unreadable.
+    pub unreadable: usize,
+    /// Dropped from the DLQ on purpose by the repair function.
+    pub discarded: usize,
+}
+
+/// Why a replay stopped early. Nothing is lost: a dead letter leaves the DLQ
+/// only after its republish is confirmed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The DLQ could not be read.
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    /// Republishing failed; the dead letter stays in the DLQ.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// What the repair function wants done with one dead letter.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // built once per dead letter and moved at once
+pub enum Repair {
+    /// Republish this (possibly changed) event.
+    Replay(RawEvent),
+    /// Leave it in the DLQ (it comes back after `unreadable_delay`).
+    Keep,
+    /// Remove it from the DLQ without republishing.
+    Discard,
+}
+
+impl Bus {
+    /// Moves up to `options.max` dead letters of `group` on `topic` (from
+    /// `<topic>.<group>.dlq`) back to the topic they came from, without their
+    /// dead-letter attributes.
+    pub async fn replay_dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        options: ReplayOptions,
+    ) -> Result<ReplayReport, ReplayError> {
+        self.replay_dead_letters_with(topic, group, options, Repair::Replay)
+            .await
+    }
+
+    /// Like [`replay_dead_letters`](Self::replay_dead_letters), passing each
+    /// dead letter (attributes already stripped) through `repair` first, e.g.
+    /// to fix a malformed payload.
+    pub async fn replay_dead_letters_with(
+        &self,
+        topic: &str,
+        group: &str,
+        options: ReplayOptions,
+        mut repair: impl FnMut(RawEvent) -> Repair,
+    ) -> Result<ReplayReport, ReplayError> {
+        let dlq = dead_letter_topic(topic, group);
+        let mut sub = self
+            .subscribe(&dlq, group, SubscribeOptions::default().max_in_flight(1))
+            .await?;
+        let mut report = ReplayReport::default();
+        while report.moved + report.discarded + report.unreadable < options.max {
+            let Ok(Some(next)) = tokio::time::timeout(options.idle_timeout, sub.next()).await else {
+                break;
+            };
+            let delivery = next.map_err(|e| {
+                SubscribeError::new(crate::SubscribeErrorKind::Connection, dlq.clone()).with_source(e)
+            })?;
+            let Ok(event) = delivery.event() else {
+                report.unreadable += 1;
+                let _ = delivery.nack(options.unreadable_delay).await;
+                continue;
+            };
+            let mut event = event.clone();
+            let origin = DeadLetter::read(&event).map_or_else(|| topic.to_owned(), |l| l.topic);
+            DeadLetter::strip(&mut event);
+            let replays = event
+                .extensions
+                .get(REPLAY_COUNT)
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0);
+            event
+                .extensions
+                .insert(REPLAY_COUNT.into(), (replays + 1).to_string());
+            match repair(event) {
+                Repair::Replay(event) => {
+                    if let Err(e) = self.publish_raw(&origin, event).await {
+                        let _ = delivery.nack(Duration::ZERO).await;
+                        return Err(e.into());
+                    }
+                    report.moved += 1;
+                    // A failed ack leaves the letter in the DLQ as well as
+                    // republished: at-least-once, never lost.
+                    let _ = delivery.ack().await;
+                }
+                Repair::Keep => {
+                    report.unreadable += 1;
+                    let _ = delivery.nack(options.unreadable_delay).await;
+                }
+                Repair::Discard => {
+                    report.discarded += 1;
+                    let _ = delivery.ack().await;
+                }
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,231 @@
+//! A started router: one consumer task per subscribed topic, each spawning a
+//! task per delivery up to the in-flight bound; graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::dispatch;
+use super::route::Route;
+use super::{RouterError, RouterSettings};
+use crate::{Bus, ConsumeError, SubscribeOptions, Subscription};
+
+/// Counters of a router since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouterStats {
+    /// Handled and acknowledged.
+    pub handled: u64,
+    /// Sent back for a later attempt.
+    pub retried: u64,
+    /// Dead-lettered.
+    pub dead_lettered: u64,
+    /// Acknowledged without a handler (unknown event type).
+    pub skipped: u64,
+    /// Returned to the broker unhandled because shutdown's deadline passed.
+    pub abandoned: u64,
+    /// Settle calls that failed (the broker redelivers those events).
+    pub settle_failures: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) handled: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+    pub(crate) settle_failures: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> RouterStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RouterStats {
+            handled: get(&self.handled),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            skipped: get(&self.skipped),
+            abandoned: get(&self.abandoned),
+            settle_failures: get(&self.settle_failures),
+        }
+    }
+}
+
+/// What every delivery task of one router shares.
+pub(crate) struct Shared {
+    pub(crate) bus: Bus,
+    pub(crate) group: Arc<str>,
+    pub(crate) settings: RouterSettings,
+    pub(crate) counters: Counters,
+    /// Set when shutdown's deadline has passed: handlers still running are
+    /// cancelled and their deliveries returned.
+    pub(crate) abandon: watch::Receiver<bool>,
+}
+
+pub(crate) type RouteTable = HashMap<&'static str, Arc<dyn Route>>;
+
+/// A router that is handling deliveries.
+pub struct RunningRouter {
+    group: Arc<str>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    abandon: watch::Sender<bool>,
+    consumers: JoinSet<Result<(), ConsumeError>>,
+}
+
+impl std::fmt::Debug for RunningRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningRouter")
+            .field("group", &self.group)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+pub(crate) async fn start(
+    bus: Bus,
+    group: String,
+    tables: Vec<(String, RouteTable)>,
+    settings: RouterSettings,
+) -> Result<RunningRouter, RouterError> {
+    let options = SubscribeOptions::default()
+        .max_in_flight(settings.max_in_flight)
+        .start_from(settings.start_from);
+    // Subscribe everything before spawning anything, so that a failure leaves
+    // nothing running.
+    let mut subscriptions = Vec::with_capacity(tables.len());
+    for (topic, table) in tables {
+        let sub = bus.subscribe(&topic, &group, options).await?;
+        subscriptions.push((Arc::<str>::from(topic), Arc::new(table), sub));
+    }
+    let (stop, _) = watch::channel(false);
+    let (abandon, abandon_rx) = watch::channel(false);
+    let group: Arc<str> = group.into();
+    let shared = Arc::new(Shared {
+        bus,
+        group: group.clone(),
+        settings,
+        counters: Counters::default(),
+        abandon: abandon_rx,
+    });
+    let mut consumers = JoinSet::new();
+    for (topic, table, sub) in subscriptions {
+        consumers.spawn(consume(sub, topic, table, shared.clone(), stop.subscribe()));
+    }
+    Ok(RunningRouter {
+        group,
+        shared,
+        stop,
+        abandon,
+        consumers,
+    })
+}
+
+async fn consume(
+    mut sub: Subscription,
+    topic: Arc<str>,
+    routes: Arc<RouteTable>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ConsumeError> {
+    let max = shared.settings.max_in_flight;
+    let mut tasks = JoinSet::new();
+    let result = loop {
+        if *stop.borrow() {
+            break Ok(());
+        }
+        if tasks.len() >= max {
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = tasks.join_next() => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            next = sub.next() => match next {
+                Some(Ok(delivery)) => {
+                    tasks.spawn(dispatch::process(delivery, topic.clone(), routes.clone(), shared.clone()));
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            },
+        }
+    };
+    // Leave the group first, so no new deliveries arrive while in-flight
+    // handlers finish; each of them settles its own delivery.
+    drop(sub);
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            // Handler panics are caught inside the task; this is a bug in
+            // the dispatch code itself, and the delivery was dropped
+            // undecided (so the broker redelivers it).
+            tracing::error!(group = %shared.group, topic = %topic, error = %e, "delivery task failed");
+        }
+    }
+    result
+}
+
+impl RunningRouter {
+    /// Counters so far.
+    pub fn stats(&self) -> RouterStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Runs until `shutdown` resolves or a subscription fails, then shuts
+    /// down gracefully.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<RouterStats, RouterError> {
+        let early = tokio::select! {
+            _ = shutdown => None,
+            Some(done) = self.consumers.join_next() => Some(done),
+        };
+        let stats = self.shutdown().await;
+        match early {
+            Some(Ok(Err(e))) => Err(RouterError::Consume(e)),
+            _ => stats,
+        }
+    }
+
+    /// Stops taking deliveries, lets in-flight handlers finish within the
+    /// shutdown deadline, then cancels the rest and returns their events to
+    /// the broker. Every delivery is settled before this returns.
+    pub async fn shutdown(mut self) -> Result<RouterStats, RouterError> {
+        let _ = self.stop.send(true);
+        let deadline = self.shared.settings.shutdown_deadline;
+        let mut first_error = None;
+        let drained = tokio::time::timeout(deadline, async {
+            while let Some(done) = self.consumers.join_next().await {
+                if let Ok(Err(e)) = done {
+                    first_error.get_or_insert(e);
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(group = %self.group, ?deadline, "shutdown deadline passed; cancelling handlers still running");
+            let _ = self.abandon.send(true);
+            while let Some(done) = self.consumers.join_next().await {
+                if let Ok(Err(e)) = done {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(RouterError::Consume(e)),
+            None => Ok(self.stats()),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The contract between the core and a broker backend.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::Stream;
+
+use crate::{ConsumeError, Delivery, PublishError, RawEvent, SubscribeError};
+
+/// A broker connection as the core sees it: raw envelopes in, deliveries
+/// out. Backends implement it; applications use the typed [`Bus`](crate::Bus)
+/// handle on top.
+///
+/// Every method is at-least-once: `publish` returns `Ok` only once the broker
+/// has the event, and a [`Delivery`] that is dropped without a decision is
+/// delivered again.
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// What this backend can promise; the conformance suite skips only what
+    /// a capability rules out.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes one event to `topic` and waits for the broker's
+    /// confirmation.
+    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError>;
+
+    /// Publishes several events with their confirmations outstanding at once,
+    /// and returns when all are confirmed. On error some events of the batch
+    /// may have been stored; republishing the whole batch is safe where the
+    /// backend deduplicates by event id, and at-least-once otherwise.
+    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+        for event in events {
+            self.publish(topic, event).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the group `group` on `topic` (and its dead-letter topic) so
+    /// that it keeps every event published from now on, even before a
+    /// consumer subscribes. Idempotent.
+    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError>;
+
+    /// Joins `group` on `topic` as one competing member. Provisions the group
+    /// first.
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError>;
+
+    /// Stops this connection: new publishes and subscriptions fail with
+    /// `Closed`; publishes already confirmed stay confirmed. Idempotent.
+    async fn shutdown(&self);
+}
+
+/// What a backend can promise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Events with the same key reach a group's handlers one at a time, in
+    /// publish order, even with many in flight.
+    pub order_per_key: bool,
+    /// Events survive a broker restart.
+    pub persistent: bool,
+    /// A new group may start from the earliest retained event.
+    pub replay_from_start: bool,
+    /// The broker drops a second publish of the same event id.
+    pub dedup_by_id: bool,
+}
+
+impl Capabilities {
+    /// No promises beyond the contract's at-least-once.
+    pub const fn none() -> Self {
+        Self {
+            order_per_key: false,
+            persistent: false,
+            replay_from_start: false,
+            dedup_by_id: false,
+        }
+    }
+
+    /// Sets `order_per_key`.
+    pub const fn with_order_per_key(mut self, yes: bool) -> Self {
+        self.order_per_key = yes;
+        self
+    }
+
+    /// Sets `persistent`.
+    pub const fn with_persistent(mut self, yes: bool) -> Self {
+        self.persistent = yes;
+        self
+    }
+
+    /// Sets `replay_from_start`.
+    pub const fn with_replay_from_start(mut self, yes: bool) -> Self {
+        self.replay_from_start = yes;
+        self
+    }
+
+    /// Sets `dedup_by_id`.
+    pub const fn with_dedup_by_id(mut self, yes: bool) -> Self {
+        self.dedup_by_id = yes;
+        self
+    }
+}
+
+/// Where a new group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Events published after the group was created (the default).
+    #[default]
+    New,
+    /// The earliest event the broker retains, where it retains
+    /// ([`Capabilities::replay_from_start`]).
+    Earliest,
+}
+
+/// How a member consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Deliveries handed out and not yet settled, at most (the broker's
+    /// prefetch / max-ack-pending). A slow consumer applies backpressure at
+    /// this bound.
+    pub max_in_flight: usize,
+    /// Where a group that does not exist yet starts.
+    pub start_from: StartFrom,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            start_from: StartFrom::New,
+        }
+    }
+}
+
+impl SubscribeOptions {
+    /// Sets `max_in_flight` (at least 1).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Sets `start_from`.
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.start_from = start;
+        self
+    }
+}
+
+/// The deliveries of one group member. Dropping it leaves the group;
+/// deliveries already handed out stay valid and must still be settled (or
+/// dropped, which redelivers them).
+pub struct Subscription {
+    stream: BoxStream<'static, Result<Delivery, ConsumeError>>,
+}
+
+impl Subscription {
+    /// Wraps a backend's delivery stream.
+    pub fn new(stream: impl Stream<Item = Result<Delivery, ConsumeError>> + Send + 'static) -> Self {
+        Self {
+            stream: Box::pin(stream),
+        }
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Subscription")
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Delivery, ConsumeError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.stream.size_hint()
+    }
+}

@@ -1,0 +1,352 @@
+//! The envelope on the wire: CloudEvents 1.0 binary content mode.
+//!
+//! The payload is the message body; every attribute travels as a broker
+//! header under a per-broker prefix (a [`HeaderDialect`]). This module is the
+//! one place that maps the envelope to headers and back, so every backend
+//! writes and validates the same attributes.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
+use crate::{DomainEvent, EnvelopeError, Payload, RawEvent};
+
+/// CloudEvents spec version written and accepted.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// Attribute names (without prefix) of the envelope.
+pub mod attr {
+    /// CloudEvents spec version.
+    pub const SPECVERSION: &str = "specversion";
+    /// Event id.
+    pub const ID: &str = "id";
+    /// Event type.
+    pub const TYPE: &str = "type";
+    /// Publishing service.
+    pub const SOURCE: &str = "source";
+    /// Creation time, RFC 3339.
+    pub const TIME: &str = "time";
+    /// Content type of the data, where a dialect carries it as an attribute.
+    pub const DATACONTENTTYPE: &str = "datacontenttype";
+    /// Schema version of the data (busline extension).
+    pub const DATAVERSION: &str = "dataversion";
+    /// Correlation id (busline extension).
+    pub const CORRELATIONID: &str = "correlationid";
+    /// Causation id (busline extension).
+    pub const CAUSATIONID: &str = "causationid";
+    /// Ordering key (CloudEvents partitioning extension).
+    pub const PARTITIONKEY: &str = "partitionkey";
+
+    /// Names a user extension may not take: the envelope sets them itself.
+    pub const RESERVED: [&str; 11] = [
+        SPECVERSION,
+        ID,
+        TYPE,
+        SOURCE,
+        TIME,
+        DATACONTENTTYPE,
+        DATAVERSION,
+        CORRELATIONID,
+        CAUSATIONID,
+        PARTITIONKEY,
+        "data",
+    ];
+}
+
+/// How one broker binding names and encodes the CloudEvents attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderDialect {
+    /// Header name prefix of every attribute, e.g. `ce_`.
+    pub prefix: &'static str,
+    /// Whether header values are percent-encoded (NATS binding).
+    pub percent_encode: bool,
+    /// Header that carries the content type, or `None` where the broker has
+    /// a native property for it (AMQP `content_type`).
+    pub content_type_header: Option<&'static str>,
+    /// Whether the key travels as the `partitionkey` attribute; `false` where
+    /// the broker has a native key (the Kafka record key).
+    pub key_in_headers: bool,
+}
+
+impl HeaderDialect {
+    /// Kafka protocol binding: `ce_` headers, `content-type` header, the key is
+    /// the record key.
+    pub const KAFKA: HeaderDialect = HeaderDialect {
+        prefix: "ce_",
+        percent_encode: false,
+        content_type_header: Some("content-type"),
+        key_in_headers: false,
+    };
+    /// AMQP binding: `cloudEvents_` application properties; content type is
+    /// the native `content_type` property.
+    pub const AMQP: HeaderDialect = HeaderDialect {
+        prefix: "cloudEvents_",
+        percent_encode: false,
+        content_type_header: None,
+        key_in_headers: true,
+    };
+    /// NATS binding: `ce-` headers with percent-encoded values.
+    pub const NATS: HeaderDialect = HeaderDialect {
+        prefix: "ce-",
+        percent_encode: true,
+        content_type_header: Some("content-type"),
+        key_in_headers: true,
+    };
+    /// The in-memory bus, for messages handed to it in wire form.
+    pub const MEMORY: HeaderDialect = HeaderDialect {
+        prefix: "ce-",
+        percent_encode: false,
+        content_type_header: Some("content-type"),
+        key_in_headers: true,
+    };
+
+    /// The full header name of attribute `name`.
+    pub fn header(&self, name: &str) -> String {
+        let mut h = String::with_capacity(self.prefix.len() + name.len());
+        h.push_str(self.prefix);
+        h.push_str(name);
+        h
+    }
+
+    fn encode_value(&self, value: &str) -> String {
+        if self.percent_encode {
+            utf8_percent_encode(value, NATS_VALUE).to_string()
+        } else {
+            value.to_owned()
+        }
+    }
+
+    fn decode_value(&self, name: &str, raw: &[u8]) -> Result<String, EnvelopeError> {
+        let text = std::str::from_utf8(raw).map_err(|_| EnvelopeError::invalid(name, "not UTF-8"))?;
+        if self.percent_encode {
+            percent_decode_str(text)
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|_| EnvelopeError::invalid(name, "percent-decodes to invalid UTF-8"))
+        } else {
+            Ok(text.to_owned())
+        }
+    }
+}
+
+/// Characters the NATS binding percent-encodes: controls, space, `"`, `%`
+/// (and everything outside ASCII, which `utf8_percent_encode` always does).
+const NATS_VALUE: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// Whether `name` is a valid CloudEvents attribute name: `a-z0-9`, 1 to 64
+/// characters.
+pub fn is_valid_attribute_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Checks the envelope before it is published: required attributes present,
+/// extension names valid and not reserved.
+pub fn validate<T>(event: &DomainEvent<T>) -> Result<(), EnvelopeError> {
+    for (name, value) in [
+        (attr::ID, &event.id),
+        (attr::TYPE, &event.event_type),
+        (attr::SOURCE, &event.source),
+    ] {
+        if value.is_empty() {
+            return Err(EnvelopeError::Missing {
+                attribute: name.into(),
+            });
+        }
+    }
+    if event.correlation_id.is_empty() {
+        return Err(EnvelopeError::Missing {
+            attribute: attr::CORRELATIONID.into(),
+        });
+    }
+    if event.causation_id.as_deref() == Some("") {
+        return Err(EnvelopeError::invalid(attr::CAUSATIONID, "empty"));
+    }
+    for name in event.extensions.keys() {
+        if !is_valid_attribute_name(name) {
+            return Err(EnvelopeError::InvalidName { name: name.clone() });
+        }
+        if attr::RESERVED.contains(&name.as_str()) {
+            return Err(EnvelopeError::Reserved { name: name.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Formats a time the way it travels: RFC 3339, UTC, with as many fraction
+/// digits as needed so that it reads back equal.
+pub fn format_time(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The headers of `event` in `dialect`: every attribute, prefixed, the
+/// content type where the dialect carries it as a header, and the key where
+/// the broker has no native one. Validates the envelope first.
+pub fn encode_headers(
+    event: &RawEvent,
+    dialect: &HeaderDialect,
+) -> Result<Vec<(String, String)>, EnvelopeError> {
+    validate(event)?;
+    let mut out = Vec::with_capacity(10 + event.extensions.len());
+    let mut put = |name: &str, value: &str| out.push((dialect.header(name), dialect.encode_value(value)));
+    put(attr::SPECVERSION, SPEC_VERSION);
+    put(attr::ID, &event.id);
+    put(attr::TYPE, &event.event_type);
+    put(attr::SOURCE, &event.source);
+    put(attr::TIME, &format_time(&event.time));
+    put(attr::DATAVERSION, &event.version.to_string());
+    put(attr::CORRELATIONID, &event.correlation_id);
+    if let Some(c) = &event.causation_id {
+        put(attr::CAUSATIONID, c);
+    }
+    if dialect.key_in_headers {
+        if let Some(k) = &event.key {
+            put(attr::PARTITIONKEY, k);
+        }
+    }
+    for (name, value) in &event.extensions {
+        put(name, value);
+    }
+    if let Some(h) = dialect.content_type_header {
+        out.push((h.to_owned(), event.data.content_type.clone()));
+    }
+    Ok(out)
+}
+
+/// What a broker carries outside its header table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NativeAttributes<'a> {
+    /// A native content type property (AMQP `content_type`); it wins over a
+    /// content-type header.
+    pub content_type: Option<&'a str>,
+    /// A native key (the Kafka record key).
+    pub key: Option<&'a [u8]>,
+}
+
+/// Reads an envelope back from broker headers.
+///
+/// Headers without the dialect's prefix (other than the content-type header)
+/// are not part of the envelope and are ignored. The prefix and attribute
+/// names are matched without regard to case, since some clients canonicalize
+/// header names. Anything missing or malformed is a typed [`EnvelopeError`];
+/// this function never panics on input.
+pub fn decode_headers<'h, I>(
+    dialect: &HeaderDialect,
+    headers: I,
+    native: NativeAttributes<'_>,
+    body: Bytes,
+) -> Result<RawEvent, EnvelopeError>
+where
+    I: IntoIterator<Item = (&'h str, &'h [u8])>,
+{
+    let mut attrs: BTreeMap<String, String> = BTreeMap::new();
+    let mut content_type_header = None;
+    let prefix = dialect.prefix;
+    for (name, raw) in headers {
+        if let Some(ct) = dialect.content_type_header {
+            if name.eq_ignore_ascii_case(ct) {
+                if content_type_header.is_some() {
+                    return Err(EnvelopeError::Duplicate {
+                        attribute: attr::DATACONTENTTYPE.into(),
+                    });
+                }
+                content_type_header = Some(
+                    std::str::from_utf8(raw)
+                        .map_err(|_| EnvelopeError::invalid(attr::DATACONTENTTYPE, "not UTF-8"))?
+                        .to_owned(),
+                );
+                continue;
+            }
+        }
+        let Some(head) = name.get(..prefix.len()) else {
+            continue;
+        };
+        if !head.eq_ignore_ascii_case(prefix) {
+            continue;
+        }
+        let attribute = name[prefix.len()..].to_ascii_lowercase();
+        if !is_valid_attribute_name(&attribute) {
+            return Err(EnvelopeError::InvalidName {
+                name: name.to_owned(),
+            });
+        }
+        let value = dialect.decode_value(&attribute, raw)?;
+        if attrs.insert(attribute.clone(), value).is_some() {
+            return Err(EnvelopeError::Duplicate { attribute });
+        }
+    }
+
+    let mut take = |name: &str| attrs.remove(name);
+    let required = |v: Option<String>, name: &str| match v {
+        Some(v) if !v.is_empty() => Ok(v),
+        Some(_) => Err(EnvelopeError::invalid(name, "empty")),
+        None => Err(EnvelopeError::Missing {
+            attribute: name.into(),
+        }),
+    };
+    let spec = required(take(attr::SPECVERSION), attr::SPECVERSION)?;
+    if spec != SPEC_VERSION {
+        return Err(EnvelopeError::UnsupportedSpecVersion(spec));
+    }
+    let id = required(take(attr::ID), attr::ID)?;
+    let event_type = required(take(attr::TYPE), attr::TYPE)?;
+    let source = required(take(attr::SOURCE), attr::SOURCE)?;
+    let time_text = required(take(attr::TIME), attr::TIME)?;
+    let time = DateTime::parse_from_rfc3339(&time_text)
+        .map_err(|e| EnvelopeError::invalid(attr::TIME, format!("`{time_text}` is not RFC 3339: {e}")))?
+        .with_timezone(&Utc);
+    // Events from producers that do not know busline's extensions are
+    // version 1 and start their own correlation chain.
+    let version = match take(attr::DATAVERSION) {
+        None => 1,
+        Some(v) => v.parse::<u32>().map_err(|_| {
+            EnvelopeError::invalid(attr::DATAVERSION, format!("`{v}` is not an unsigned integer"))
+        })?,
+    };
+    let correlation_id = take(attr::CORRELATIONID)
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| id.clone());
+    let causation_id = take(attr::CAUSATIONID).filter(|c| !c.is_empty());
+    let header_key = take(attr::PARTITIONKEY);
+    let attr_content_type = take(attr::DATACONTENTTYPE);
+    let key = match native.key {
+        Some(k) => Some(
+            std::str::from_utf8(k)
+                .map_err(|_| EnvelopeError::invalid(attr::PARTITIONKEY, "key is not UTF-8"))?
+                .to_owned(),
+        ),
+        None => header_key,
+    };
+    if let Some(name) = attrs.keys().find(|k| attr::RESERVED.contains(&k.as_str())) {
+        return Err(EnvelopeError::Reserved { name: name.clone() });
+    }
+    let content_type = native
+        .content_type
+        .map(str::to_owned)
+        .or(content_type_header)
+        .or(attr_content_type)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| EnvelopeError::Missing {
+            attribute: attr::DATACONTENTTYPE.into(),
+        })?;
+
+    Ok(DomainEvent {
+        id,
+        event_type,
+        version,
+        source,
+        time,
+        correlation_id,
+        causation_id,
+        key,
+        extensions: attrs,
+        data: Payload {
+            content_type,
+            bytes: body,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

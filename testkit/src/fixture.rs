@@ -1,0 +1,113 @@
+//! What the conformance suite needs from a backend under test.
+
+use std::time::Duration;
+
+use busline_core::wire::HeaderDialect;
+use busline_core::{async_trait, Bus, BusSettings, RetryPolicy};
+use busline_memory::{MemoryBroker, WireMessage};
+use bytes::Bytes;
+
+/// A message in a backend's wire form, for publishing what no busline
+/// producer would write (poison input) and for interop tests.
+#[derive(Debug, Clone, Default)]
+pub struct WireInput {
+    /// Event type, for backends that route by it (AMQP routing key, NATS
+    /// subject); the headers need not contain it.
+    pub event_type: String,
+    /// Headers, already named in the backend's dialect.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Content type, for brokers with a native property (AMQP).
+    pub content_type: Option<String>,
+    /// Native key, for brokers that have one (Kafka).
+    pub key: Option<String>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A backend under test: it connects fresh clients to one broker.
+#[async_trait]
+pub trait BusFixture: Send + Sync + 'static {
+    /// A short name for messages (`memory`, `rabbitmq`, …).
+    fn name(&self) -> &str;
+
+    /// A new client connection to the broker under test, as a separate
+    /// service would make.
+    async fn connect(&self) -> Bus;
+
+    /// The header dialect of this backend's wire form.
+    fn dialect(&self) -> HeaderDialect;
+
+    /// Publishes a raw message to `topic` with the backend's plain client.
+    async fn publish_wire(&self, topic: &str, message: WireInput) -> Result<(), String>;
+
+    /// Restarts the broker and returns once it accepts connections again;
+    /// `None` where this fixture cannot restart its broker (scenario 15 is
+    /// then skipped, saying so).
+    async fn restart_broker(&self) -> Option<Result<(), String>> {
+        None
+    }
+
+    /// How many events scenario 15 streams across two restarts.
+    fn restart_stream_len(&self) -> u64 {
+        10_000
+    }
+}
+
+/// Settings for test buses: service `busline-test`, JSON, and a fast retry
+/// policy so retries do not dominate a test's time.
+pub fn test_settings() -> BusSettings {
+    BusSettings::default().with_service("busline-test").with_retry(
+        RetryPolicy::default()
+            .with_max_attempts(5)
+            .with_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+    )
+}
+
+/// The in-memory backend under test: one private broker per fixture.
+#[derive(Debug, Default)]
+pub struct MemoryFixture {
+    broker: MemoryBroker,
+}
+
+impl MemoryFixture {
+    /// A fixture with a fresh broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl BusFixture for MemoryFixture {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    async fn connect(&self) -> Bus {
+        Bus::new(self.broker.connect(), test_settings())
+    }
+
+    fn dialect(&self) -> HeaderDialect {
+        HeaderDialect::MEMORY
+    }
+
+    async fn publish_wire(&self, topic: &str, message: WireInput) -> Result<(), String> {
+        let mut headers = message.headers;
+        if let Some(ct) = message.content_type {
+            headers.push(("content-type".into(), ct.into_bytes()));
+        }
+        if let Some(key) = message.key {
+            headers.push((HeaderDialect::MEMORY.header("partitionkey"), key.into_bytes()));
+        }
+        self.broker
+            .connect()
+            .publish_wire(
+                topic,
+                WireMessage {
+                    headers,
+                    body: message.body,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,79 @@
+//! busline-testkit: the conformance suite every backend is held to, a
+//! [`TestHarness`] for users' unit tests on the memory bus, and broker
+//! fixtures for integration tests.
+//!
+//! A backend crate runs the whole suite with one macro call:
+//!
+//! ```ignore
+//! busline_testkit::conformance_suite!(busline_testkit::MemoryFixture::new(), paused_time);
+//! ```
+
+pub mod brokers;
+pub mod events;
+mod fixture;
+mod harness;
+pub mod scenarios;
+pub mod support;
+
+pub use fixture::{test_settings, BusFixture, MemoryFixture, WireInput};
+pub use harness::{DeadLettered, TestHarness};
+
+/// Expands into one `#[tokio::test]` per conformance scenario for a fixture
+/// expression (evaluated once per test).
+///
+/// `paused_time` runs each test on a current-thread runtime with tokio's
+/// clock paused, so retry delays and timeouts take no wall time: only for
+/// backends that do no real I/O (the memory bus). Without it, tests run on a
+/// two-worker runtime in real time. The crate using the macro needs `tokio`
+/// (with `macros` and `rt-multi-thread`) as a dev-dependency.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($fixture:expr, paused_time) => {
+        $crate::conformance_suite!(@each $fixture, (start_paused = true));
+    };
+    ($fixture:expr) => {
+        $crate::conformance_suite!(@each $fixture, (flavor = "multi_thread", worker_threads = 2));
+    };
+    (@each $fixture:expr, $rt:tt) => {
+        $crate::conformance_suite!(@tests $fixture, $rt,
+            s01_envelope_round_trip => envelope_round_trip,
+            s02_concurrent_publishers_and_consumers => concurrent_publishers_and_consumers,
+            s03_topics_are_isolated => topics_are_isolated,
+            s04_groups_fan_out_and_members_share => groups_fan_out_and_members_share,
+            s05_nack_redelivers_with_delay => nack_redelivers_with_delay,
+            s06_dead_letter_after_max_attempts => dead_letter_after_max_attempts,
+            s07_permanent_error_and_poison_go_to_dlq => permanent_error_and_poison_go_to_dlq,
+            s08_panic_and_timeout_are_retried => panic_and_timeout_are_retried,
+            s09_unacked_deliveries_survive_consumer_restart => unacked_deliveries_survive_consumer_restart,
+            s10_order_per_key => order_per_key,
+            s11_typed_routing_and_versions => typed_routing_and_versions,
+            s12_correlation_and_causation => correlation_and_causation,
+            s13_graceful_shutdown => graceful_shutdown,
+            s14_publisher_closed_with_events_in_flight => publisher_closed_with_events_in_flight,
+            s16_dlq_replay => dlq_replay,
+            s17_provisioned_group_keeps_events => provisioned_group_keeps_events,
+        );
+    };
+    (@tests $fixture:expr, $rt:tt, $($name:ident => $scenario:ident,)*) => {
+        $(
+            #[tokio::test $rt]
+            async fn $name() {
+                let fixture = $fixture;
+                $crate::scenarios::$scenario(&fixture).await;
+            }
+        )*
+    };
+}
+
+/// Expands into the broker-restart scenario (15) for a fixture; run these
+/// tests one at a time, apart from the parallel suite.
+#[macro_export]
+macro_rules! broker_restart_suite {
+    ($fixture:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn s15_broker_restart_loses_no_confirmed_event() {
+            let fixture = $fixture;
+            $crate::scenarios::broker_restart_loses_no_confirmed_event(&fixture).await;
+        }
+    };
+}

@@ -1,0 +1,80 @@
+//! The conformance scenarios of DESIGN.md, each a public async function over
+//! a [`BusFixture`](crate::BusFixture). [`conformance_suite!`](crate::conformance_suite)
+//! turns them into one test each.
+
+mod delivery;
+mod failure;
+mod lifecycle;
+mod routing;
+
+pub use delivery::{
+    concurrent_publishers_and_consumers, envelope_round_trip, groups_fan_out_and_members_share,
+    provisioned_group_keeps_events, topics_are_isolated,
+};
+pub use failure::{
+    dead_letter_after_max_attempts, nack_redelivers_with_delay, panic_and_timeout_are_retried,
+    permanent_error_and_poison_go_to_dlq,
+};
+pub use lifecycle::{
+    broker_restart_loses_no_confirmed_event, graceful_shutdown, publisher_closed_with_events_in_flight,
+    unacked_deliveries_survive_consumer_restart,
+};
+pub use routing::{correlation_and_causation, dlq_replay, order_per_key, typed_routing_and_versions};
+
+use std::sync::Arc;
+
+use busline_core::{
+    dead_letter_topic, Bus, Delivery, EnvelopeError, RawEvent, SubscribeOptions, Subscription,
+};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::support::{within, Collector, WAIT};
+
+/// The next delivery of `sub`, within [`WAIT`].
+pub(crate) async fn next_delivery(sub: &mut Subscription, what: &str) -> Delivery {
+    within(WAIT, what, sub.next())
+        .await
+        .unwrap_or_else(|| panic!("subscription ended while waiting for {what}"))
+        .unwrap_or_else(|e| panic!("subscription failed while waiting for {what}: {e}"))
+}
+
+/// Reads a dead-letter topic in the background, acking what it reads.
+pub(crate) struct DlqReader {
+    pub(crate) letters: Arc<Collector<Result<RawEvent, EnvelopeError>>>,
+    task: JoinHandle<()>,
+}
+
+impl DlqReader {
+    /// Reads `<topic>.<group>.dlq` as `group`.
+    pub(crate) async fn start(bus: &Bus, topic: &str, group: &str) -> Self {
+        let mut sub = bus
+            .subscribe(
+                &dead_letter_topic(topic, group),
+                group,
+                SubscribeOptions::default(),
+            )
+            .await
+            .expect("subscribe to the DLQ");
+        let letters = Collector::new();
+        let sink = letters.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(d)) = sub.next().await {
+                sink.push(d.event().cloned().map_err(Clone::clone));
+                let _ = d.ack().await;
+            }
+        });
+        Self { letters, task }
+    }
+}
+
+impl Drop for DlqReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Prints why a scenario does not apply to a backend.
+pub(crate) fn skip(fixture: &str, scenario: &str, why: &str) {
+    eprintln!("SKIPPED {scenario} on {fixture}: {why}");
+}

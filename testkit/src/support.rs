@@ -1,0 +1,103 @@
+//! Small tools for tests against shared brokers: unique names, bounded waits.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// How long the suite waits for anything before it fails, saying what it
+/// waited for. Generous, because a loaded 2-core CI machine is slow; a test
+/// that passes never waits this long.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A name no other test uses: `<prefix>-<12 hex digits>`, safe as a topic,
+/// group, queue or stream name on every broker (lower-case alphanumerics and
+/// `-`).
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..12])
+}
+
+/// Awaits `fut` for at most `limit`; panics with `what` on timeout.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// A list that tests append to from handlers and wait on.
+pub struct Collector<T> {
+    items: Mutex<Vec<T>>,
+    changed: Notify,
+}
+
+impl<T> Default for Collector<T> {
+    fn default() -> Self {
+        Self {
+            items: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        }
+    }
+}
+
+impl<T: Clone> Collector<T> {
+    /// A new, shared, empty collector.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Appends an item.
+    pub fn push(&self, item: T) {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).push(item);
+        self.changed.notify_waiters();
+    }
+
+    /// A copy of the items so far.
+    pub fn snapshot(&self) -> Vec<T> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many items so far.
+    pub fn len(&self) -> usize {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until `done(items)` holds, for at most `limit`; panics with
+    /// `what` and the items' count on timeout.
+    pub async fn wait_until(&self, limit: Duration, what: &str, done: impl Fn(&[T]) -> bool) -> Vec<T> {
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                {
+                    let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+                    if done(&items) {
+                        return items.clone();
+                    }
+                }
+                changed.await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(items) => items,
+            Err(_) => panic!(
+                "timed out after {limit:?} waiting for {what} (have {} items)",
+                self.len()
+            ),
+        }
+    }
+
+    /// Waits until there are at least `n` items.
+    pub async fn wait_len(&self, n: usize, limit: Duration, what: &str) -> Vec<T> {
+        self.wait_until(limit, what, |items| items.len() >= n).await
+    }
+}
