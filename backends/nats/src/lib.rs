@@ -1,0 +1,1 @@
+//! busline-nats (in progress).

@@ -1,0 +1,1 @@
+//! busline-rabbitmq (in progress).
