@@ -95,19 +95,20 @@ impl Bus {
         group: &str,
         options: ReplayOptions,
     ) -> Result<ReplayReport, ReplayError> {
-        self.replay_dead_letters_with(topic, group, options, Repair::Replay)
+        self.replay_dead_letters_with(topic, group, options, |event, _| Repair::Replay(event))
             .await
     }
 
     /// Like [`replay_dead_letters`](Self::replay_dead_letters), passing each
-    /// dead letter (attributes already stripped) through `repair` first, e.g.
-    /// to fix a malformed payload.
+    /// dead letter through `repair` first, e.g. to fix a malformed payload.
+    /// `repair` gets the event without its dead-letter attributes, and those
+    /// attributes read back as a [`DeadLetter`] (reason, error, attempts, …).
     pub async fn replay_dead_letters_with(
         &self,
         topic: &str,
         group: &str,
         options: ReplayOptions,
-        mut repair: impl FnMut(RawEvent) -> Repair,
+        mut repair: impl FnMut(RawEvent, Option<DeadLetter>) -> Repair,
     ) -> Result<ReplayReport, ReplayError> {
         let dlq = dead_letter_topic(topic, group);
         let mut sub = self
@@ -127,7 +128,10 @@ impl Bus {
                 continue;
             };
             let mut event = event.clone();
-            let origin = DeadLetter::read(&event).map_or_else(|| topic.to_owned(), |l| l.topic);
+            let letter = DeadLetter::read(&event);
+            let origin = letter
+                .as_ref()
+                .map_or_else(|| topic.to_owned(), |l| l.topic.clone());
             DeadLetter::strip(&mut event);
             let replays = event
                 .extensions
@@ -137,7 +141,7 @@ impl Bus {
             event
                 .extensions
                 .insert(REPLAY_COUNT.into(), (replays + 1).to_string());
-            match repair(event) {
+            match repair(event, letter) {
                 Repair::Replay(event) => {
                     if let Err(e) = self.publish_raw(&origin, event).await {
                         let _ = delivery.nack(Duration::ZERO).await;

@@ -28,19 +28,16 @@ impl Default for MemoryConfig {
     }
 }
 
+/// A topic's groups. Publishing reads the list once per event, so it is kept
+/// as a shared snapshot that adding a group replaces.
 #[derive(Default)]
 pub(crate) struct Topic {
-    groups: RwLock<Vec<(String, Arc<GroupQueue>)>>,
+    groups: RwLock<Arc<Vec<(String, Arc<GroupQueue>)>>>,
 }
 
 impl Topic {
-    fn snapshot(&self) -> Vec<Arc<GroupQueue>> {
-        self.groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(_, q)| q.clone())
-            .collect()
+    fn snapshot(&self) -> Arc<Vec<(String, Arc<GroupQueue>)>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -162,24 +159,36 @@ impl BrokerState {
             return q.clone();
         }
         let q = GroupQueue::new(self.config.queue_capacity);
-        groups.push((group.to_owned(), q.clone()));
+        let mut next = Vec::clone(&groups);
+        next.push((group.to_owned(), q.clone()));
+        *groups = Arc::new(next);
         q
     }
 
-    /// Stores a message for every group of `topic`, waiting for space.
-    pub(crate) async fn publish(&self, topic: &str, message: Stored) {
-        let Some(topic) = self.topic(topic) else { return };
+    /// Stores a message for every group of `topic` that has space now;
+    /// returns the message and the groups still waiting for space.
+    pub(crate) fn try_publish(
+        &self,
+        topic: &str,
+        message: Stored,
+    ) -> Option<(Arc<Stored>, Vec<Arc<GroupQueue>>)> {
+        let topic = self.topic(topic)?;
         let message = Arc::new(message);
-        for queue in topic.snapshot() {
-            queue.push(Entry::new(message.clone())).await;
+        let mut full = Vec::new();
+        for (_, queue) in topic.snapshot().iter() {
+            if let Err(entry) = queue.try_push(Entry::new(message.clone())) {
+                drop(entry);
+                full.push(queue.clone());
+            }
         }
+        (!full.is_empty()).then_some((message, full))
     }
 
     /// Stores a dead letter for every group of `topic` at once.
     pub(crate) fn publish_now(&self, topic: &str, message: Stored) {
         let message = Arc::new(message);
         if let Some(topic) = self.topic(topic) {
-            for queue in topic.snapshot() {
+            for (_, queue) in topic.snapshot().iter() {
                 queue.push_now(Entry::new(message.clone()));
             }
         }

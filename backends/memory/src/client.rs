@@ -85,11 +85,19 @@ impl MemoryBus {
     }
 
     async fn publish_stored(&self, topic: &str, message: Stored) -> Result<(), PublishError> {
+        let Some((message, full)) = self.broker.state.try_publish(topic, message) else {
+            return Ok(());
+        };
         // A publish waiting for queue space when the client closes fails: the
-        // caller learns the event was not stored.
+        // caller learns the event was not stored in every group.
+        let wait = async {
+            for queue in full {
+                queue.push(crate::queue::Entry::new(message.clone())).await;
+            }
+        };
         tokio::select! {
             biased;
-            _ = self.broker.state.publish(topic, message) => Ok(()),
+            _ = wait => Ok(()),
             _ = self.closed.wait() => Err(PublishError::new(PublishErrorKind::Closed, topic)),
         }
     }
@@ -168,11 +176,20 @@ struct Member {
 impl Member {
     /// The next delivery, or `None` once the client is closed.
     async fn next(&self) -> Option<Delivery> {
-        let permit = tokio::select! {
-            biased;
-            _ = self.closed.wait() => return None,
-            p = self.in_flight.clone().acquire_owned() => p.ok()?,
+        if self.closed.is_set() {
+            return None;
+        }
+        let permit = match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                _ = self.closed.wait() => return None,
+                p = self.in_flight.clone().acquire_owned() => p.ok()?,
+            },
         };
+        if let Some(entry) = self.queue.try_pop() {
+            return Some(self.deliver(entry, permit));
+        }
         loop {
             let available = self.queue.available();
             tokio::pin!(available);

@@ -77,20 +77,28 @@ impl GroupQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Appends a new message if there is space; gives it back if the queue
+    /// is full.
+    pub(crate) fn try_push(&self, entry: Entry) -> Result<(), Entry> {
+        let mut st = self.lock();
+        if st.stored >= self.capacity {
+            return Err(entry);
+        }
+        Self::append(&mut st, entry);
+        drop(st);
+        self.available.notify_one();
+        Ok(())
+    }
+
     /// Appends a new message, waiting while the queue is full (backpressure).
-    pub(crate) async fn push(&self, entry: Entry) {
+    pub(crate) async fn push(&self, mut entry: Entry) {
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            {
-                let mut st = self.lock();
-                if st.stored < self.capacity {
-                    Self::append(&mut st, entry);
-                    drop(st);
-                    self.available.notify_one();
-                    return;
-                }
+            match self.try_push(entry) {
+                Ok(()) => return,
+                Err(back) => entry = back,
             }
             space.await;
         }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -140,6 +141,7 @@ async fn consume(
         if *stop.borrow() {
             break Ok(());
         }
+        while tasks.try_join_next().is_some() {}
         if tasks.len() >= max {
             tokio::select! {
                 _ = stop.changed() => {}
@@ -147,17 +149,41 @@ async fn consume(
             }
             continue;
         }
-        tokio::select! {
-            biased;
-            _ = stop.changed() => {}
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            next = sub.next() => match next {
-                Some(Ok(delivery)) => {
-                    tasks.spawn(dispatch::process(delivery, topic.clone(), routes.clone(), shared.clone()));
-                }
-                Some(Err(e)) => break Err(e),
-                None => break Ok(()),
+        // Take what is ready without setting up the wait below: under load
+        // a delivery almost always is.
+        let next = match futures::poll!(sub.next()) {
+            Poll::Ready(next) => next,
+            Poll::Pending => tokio::select! {
+                biased;
+                _ = stop.changed() => continue,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                next = sub.next() => next,
             },
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                // Most handlers finish without waiting: they run and settle
+                // right here, without a task of their own. One that waits
+                // continues as a task, so slow handlers run concurrently up
+                // to the in-flight bound.
+                let mut settling = match dispatch::begin(delivery, &topic, &routes, &shared) {
+                    dispatch::Start::Settle(acker, decision) => {
+                        dispatch::settle(acker, decision, shared.clone())
+                    }
+                    dispatch::Start::Run(acker, mut call) => match dispatch::poll_once(&mut call).await {
+                        Some(ended) => {
+                            let decision = dispatch::decide(ended, acker.attempt(), &shared);
+                            dispatch::settle(acker, decision, shared.clone())
+                        }
+                        None => Box::pin(dispatch::finish(acker, call, shared.clone())),
+                    },
+                };
+                if futures::poll!(settling.as_mut()).is_pending() {
+                    tasks.spawn(settling);
+                }
+            }
+            Some(Err(e)) => break Err(e),
+            None => break Ok(()),
         }
     };
     // Leave the group first, so no new deliveries arrive while in-flight
