@@ -32,6 +32,8 @@
 //! Backends are cargo features: `memory` (default), `rabbitmq`, `nats`,
 //! `kafka`; codecs: `json` (default), `msgpack`.
 
+#![deny(missing_docs)]
+
 pub use busline_core::*;
 
 #[cfg(feature = "memory")]

@@ -18,6 +18,8 @@
 //! assert_eq!(back.order_id, "o-1");
 //! ```
 
+#![deny(missing_docs)]
+
 mod codec;
 mod error;
 #[cfg(feature = "json")]

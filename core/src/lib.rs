@@ -20,6 +20,8 @@
 //! assert_eq!(event.version, 2);
 //! ```
 
+#![deny(missing_docs)]
+
 mod bus;
 mod config;
 pub mod dead_letter;

@@ -64,7 +64,8 @@ impl Recording {
 }
 
 /// A memory bus for unit tests that records every event published, every
-/// delivery acknowledged after handling, and every dead letter.
+/// delivery acknowledged after handling (dead letters acked by a DLQ reader
+/// do not count), and every dead letter.
 ///
 /// ```
 /// use std::time::Duration;
@@ -276,10 +277,20 @@ struct RecordingAcker {
 #[async_trait]
 impl Acknowledge for RecordingAcker {
     async fn ack(self: Box<Self>) -> Result<(), SettleError> {
-        let topic = self.acker.topic().to_owned();
-        self.acker.ack().await?;
-        if let Ok(event) = self.event {
-            self.recording.update(|r| r.handled.push((topic, event)));
+        let this = *self;
+        let topic = this.acker.topic().to_owned();
+        this.acker.ack().await?;
+        // A dead letter acked by whoever reads the DLQ (replay, say) was not
+        // handled; only events outside the DLQ count.
+        match this.event {
+            Ok(event)
+                if !event
+                    .extensions
+                    .contains_key(busline_core::dead_letter::attr::REASON) =>
+            {
+                this.recording.update(|r| r.handled.push((topic, event)));
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -8,6 +8,8 @@
 //! busline_testkit::conformance_suite!(busline_testkit::MemoryFixture::new(), paused_time);
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod brokers;
 pub mod events;
 mod fixture;

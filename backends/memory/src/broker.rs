@@ -32,11 +32,14 @@ impl Default for MemoryConfig {
 /// as a shared snapshot that adding a group replaces.
 #[derive(Default)]
 pub(crate) struct Topic {
-    groups: RwLock<Arc<Vec<(String, Arc<GroupQueue>)>>>,
+    groups: RwLock<Groups>,
 }
 
+/// Group names and their queues.
+type Groups = Arc<Vec<(String, Arc<GroupQueue>)>>;
+
 impl Topic {
-    fn snapshot(&self) -> Arc<Vec<(String, Arc<GroupQueue>)>> {
+    fn snapshot(&self) -> Groups {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -19,6 +19,8 @@
 //! groups created later: events published to a topic with no group are
 //! gone, as on RabbitMQ.
 
+#![deny(missing_docs)]
+
 mod broker;
 mod client;
 mod message;

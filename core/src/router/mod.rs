@@ -118,6 +118,19 @@ impl Router {
     }
 
     /// Handles events of type `E` (by `E::TYPE` and `E::VERSION`) on `topic`.
+    ///
+    /// A function of the wrong shape is refused at compile time with an
+    /// error that says what a handler is:
+    ///
+    /// ```compile_fail
+    /// # use busline_core::*;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl Event for Ping { const TYPE: &'static str = "ping"; }
+    /// async fn takes_the_payload(ping: Ping) -> Result<(), HandlerError> { Ok(()) }
+    /// # fn demo(bus: Bus) {
+    /// Router::new(bus, "g").on::<Ping, _>("pings", takes_the_payload); // needs DomainEvent<Ping>, Context
+    /// # }
+    /// ```
     pub fn on<E: Event, H: Handler<E>>(mut self, topic: impl Into<String>, handler: H) -> Self {
         let topic = topic.into();
         let entries = self.routes.entry(topic.clone()).or_default();

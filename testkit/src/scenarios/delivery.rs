@@ -10,7 +10,7 @@ use crate::events::Ping;
 use crate::support::{unique, within, Collector, WAIT};
 use crate::BusFixture;
 
-/// 1. Publish then subscribe: every event arrives with its envelope intact
+/// Scenario 1: Publish then subscribe: every event arrives with its envelope intact
 /// (id, type, version, source, time, correlation, causation, key, extensions)
 /// and its payload decodes to what was sent.
 pub async fn envelope_round_trip(fixture: &dyn BusFixture) {
@@ -67,7 +67,7 @@ pub async fn envelope_round_trip(fixture: &dyn BusFixture) {
     bus.shutdown().await;
 }
 
-/// 2. Concurrent publishers and consumers: thousands of events, none lost.
+/// Scenario 2: Concurrent publishers and consumers: thousands of events, none lost.
 pub async fn concurrent_publishers_and_consumers(fixture: &dyn BusFixture) {
     const PUBLISHERS: u64 = 4;
     const EACH: u64 = 500;
@@ -125,7 +125,7 @@ pub async fn concurrent_publishers_and_consumers(fixture: &dyn BusFixture) {
     }
 }
 
-/// 3. Many topics at once, names sharing a prefix (`orders`, `orders.eu`,
+/// Scenario 3: Many topics at once, names sharing a prefix (`orders`, `orders.eu`,
 /// `orders.billing.dlq`): nothing crosses between topics.
 pub async fn topics_are_isolated(fixture: &dyn BusFixture) {
     let bus = fixture.connect().await;
@@ -191,7 +191,7 @@ pub async fn topics_are_isolated(fixture: &dyn BusFixture) {
     bus.shutdown().await;
 }
 
-/// 4. Groups: two groups each get every event; members of one group share
+/// Scenario 4: Groups: two groups each get every event; members of one group share
 /// the events, each event going to one of them.
 pub async fn groups_fan_out_and_members_share(fixture: &dyn BusFixture) {
     const N: u64 = 40;
@@ -271,7 +271,7 @@ pub async fn groups_fan_out_and_members_share(fixture: &dyn BusFixture) {
     bus.shutdown().await;
 }
 
-/// 17. Provisioned group: events published after `provision` and before the
+/// Scenario 17: Provisioned group: events published after `provision` and before the
 /// first subscriber starts are all delivered to it.
 pub async fn provisioned_group_keeps_events(fixture: &dyn BusFixture) {
     let bus = fixture.connect().await;

@@ -18,7 +18,7 @@ use crate::events::Ping;
 use crate::support::{unique, Collector, WAIT};
 use crate::{BusFixture, WireInput};
 
-/// 5. Nack: the event comes again, the attempt number grows, and the retry
+/// Scenario 5: Nack: the event comes again, the attempt number grows, and the retry
 /// delay is respected.
 pub async fn nack_redelivers_with_delay(fixture: &dyn BusFixture) {
     let bus = fixture.connect().await;
@@ -51,7 +51,7 @@ pub async fn nack_redelivers_with_delay(fixture: &dyn BusFixture) {
     bus.shutdown().await;
 }
 
-/// 6. Dead-letter after max attempts, with reason and attempts; envelope and
+/// Scenario 6: Dead-letter after max attempts, with reason and attempts; envelope and
 /// payload intact.
 pub async fn dead_letter_after_max_attempts(fixture: &dyn BusFixture) {
     let bus = fixture.connect().await;
@@ -112,7 +112,7 @@ pub async fn dead_letter_after_max_attempts(fixture: &dyn BusFixture) {
     bus.shutdown().await;
 }
 
-/// 7. A permanent error and poison input (undecodable payload, unknown
+/// Scenario 7: A permanent error and poison input (undecodable payload, unknown
 /// content type, unreadable headers) go straight to the DLQ, and the
 /// consumer goes on.
 pub async fn permanent_error_and_poison_go_to_dlq(fixture: &dyn BusFixture) {
@@ -214,7 +214,7 @@ fn malformed_message(bus: &busline_core::Bus, topic: &str, fixture: &dyn BusFixt
     }
 }
 
-/// 8. A handler that panics and one that outlives the handler timeout are
+/// Scenario 8: A handler that panics and one that outlives the handler timeout are
 /// retried; the consumer survives both.
 pub async fn panic_and_timeout_are_retried(fixture: &dyn BusFixture) {
     let bus = fixture.connect().await;

@@ -20,7 +20,7 @@ fn seq_of(bus: &busline_core::Bus, d: &busline_core::Delivery) -> u64 {
         .seq
 }
 
-/// 9. Deliveries left undecided when a consumer closes mid-stream are
+/// Scenario 9: Deliveries left undecided when a consumer closes mid-stream are
 /// delivered again to the next consumer: none is lost.
 pub async fn unacked_deliveries_survive_consumer_restart(fixture: &dyn BusFixture) {
     const N: u64 = 20;
@@ -70,7 +70,7 @@ pub async fn unacked_deliveries_survive_consumer_restart(fixture: &dyn BusFixtur
     publisher.shutdown().await;
 }
 
-/// 13. Graceful shutdown: in-flight handlers finish, nothing is lost or
+/// Scenario 13: Graceful shutdown: in-flight handlers finish, nothing is lost or
 /// handled twice; past the deadline, unfinished handlers are cancelled and
 /// their events redelivered.
 pub async fn graceful_shutdown(fixture: &dyn BusFixture) {
@@ -184,7 +184,7 @@ pub async fn graceful_shutdown(fixture: &dyn BusFixture) {
     bus.shutdown().await;
 }
 
-/// 14. A publisher closed with publishes in flight: every publish that
+/// Scenario 14: A publisher closed with publishes in flight: every publish that
 /// returned `Ok` arrives; the others fail with a typed error.
 pub async fn publisher_closed_with_events_in_flight(fixture: &dyn BusFixture) {
     const N: u64 = 200;
@@ -252,7 +252,7 @@ pub async fn publisher_closed_with_events_in_flight(fixture: &dyn BusFixture) {
     consumer.shutdown().await;
 }
 
-/// 15. The broker restarts twice during a stream of events: every confirmed
+/// Scenario 15: The broker restarts twice during a stream of events: every confirmed
 /// event is handled at least once. Runs only where the fixture can restart
 /// its broker.
 pub async fn broker_restart_loses_no_confirmed_event(fixture: &dyn BusFixture) {

@@ -14,7 +14,7 @@ use crate::events::{Order, OrderV1, OrderV3, Ping, Pong};
 use crate::support::{unique, Collector, WAIT};
 use crate::BusFixture;
 
-/// 10. Order per key under concurrent handling, across a retry (where the
+/// Scenario 10: Order per key under concurrent handling, across a retry (where the
 /// backend declares `order_per_key`).
 pub async fn order_per_key(fixture: &dyn BusFixture) {
     const KEYS: u64 = 4;
@@ -69,7 +69,7 @@ pub async fn order_per_key(fixture: &dyn BusFixture) {
     bus.shutdown().await;
 }
 
-/// 11. Typed routing: several event types on one topic reach their
+/// Scenario 11: Typed routing: several event types on one topic reach their
 /// handlers; an older version is upcast; a newer one is dead-lettered; a type
 /// without handler is acknowledged and counted.
 pub async fn typed_routing_and_versions(fixture: &dyn BusFixture) {
@@ -169,7 +169,7 @@ pub async fn typed_routing_and_versions(fixture: &dyn BusFixture) {
     bus.shutdown().await;
 }
 
-/// 12. `Context::publish` keeps the correlation id and sets the causation id.
+/// Scenario 12: `Context::publish` keeps the correlation id and sets the causation id.
 pub async fn correlation_and_causation(fixture: &dyn BusFixture) {
     let bus = fixture.connect().await;
     let (pings, pongs, group) = (unique("pings"), unique("pongs"), unique("g"));
@@ -210,7 +210,7 @@ pub async fn correlation_and_causation(fixture: &dyn BusFixture) {
     bus.shutdown().await;
 }
 
-/// 16. DLQ replay: events moved back from the DLQ are handled, without their
+/// Scenario 16: DLQ replay: events moved back from the DLQ are handled, without their
 /// dead-letter attributes.
 pub async fn dlq_replay(fixture: &dyn BusFixture) {
     const N: u64 = 5;
