@@ -2,10 +2,10 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use busline_core::{Context, DomainEvent, HandlerError, Router, SubscribeOptions};
+use busline_core::{DomainEvent, Router, SubscribeOptions};
 use futures::StreamExt;
 
-use super::next_delivery;
+use super::{next_delivery, record_seqs};
 use crate::events::Ping;
 use crate::support::{unique, within, Collector, WAIT};
 use crate::BusFixture;
@@ -76,16 +76,9 @@ pub async fn concurrent_publishers_and_consumers(fixture: &dyn BusFixture) {
     let mut members = Vec::new();
     for _ in 0..2 {
         let bus = fixture.connect().await;
-        let sink = seen.clone();
         let router = Router::new(bus.clone(), &group)
             .with_max_in_flight(32)
-            .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
-                let sink = sink.clone();
-                async move {
-                    sink.push(e.data.seq);
-                    Ok::<_, HandlerError>(())
-                }
-            })
+            .on::<Ping, _>(&topic, record_seqs(&seen))
             .start()
             .await
             .unwrap();

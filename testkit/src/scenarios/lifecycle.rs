@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use busline_core::{Context, DomainEvent, HandlerError, PublishErrorKind, Router, SubscribeOptions};
 
-use super::{next_delivery, skip};
+use super::{next_delivery, record_seqs, skip};
 use crate::events::Ping;
 use crate::support::{unique, within, Collector, WAIT};
 use crate::BusFixture;
@@ -191,15 +191,8 @@ pub async fn publisher_closed_with_events_in_flight(fixture: &dyn BusFixture) {
     let (topic, group) = (unique("pubclose"), unique("g"));
     let consumer = fixture.connect().await;
     let seen = Collector::<u64>::new();
-    let sink = seen.clone();
     let router = Router::new(consumer.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
-            let sink = sink.clone();
-            async move {
-                sink.push(e.data.seq);
-                Ok::<_, HandlerError>(())
-            }
-        })
+        .on::<Ping, _>(&topic, record_seqs(&seen))
         .start()
         .await
         .unwrap();
@@ -269,16 +262,9 @@ pub async fn broker_restart_loses_no_confirmed_event(fixture: &dyn BusFixture) {
     let (topic, group) = (unique("brokerrestart"), unique("g"));
     let consumer = fixture.connect().await;
     let seen = Collector::<u64>::new();
-    let sink = seen.clone();
     let router = Router::new(consumer.clone(), &group)
         .with_max_in_flight(64)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
-            let sink = sink.clone();
-            async move {
-                sink.push(e.data.seq);
-                Ok::<_, HandlerError>(())
-            }
-        })
+        .on::<Ping, _>(&topic, record_seqs(&seen))
         .start()
         .await
         .unwrap();

@@ -24,11 +24,13 @@ pub use routing::{correlation_and_causation, dlq_replay, order_per_key, typed_ro
 use std::sync::Arc;
 
 use busline_core::{
-    dead_letter_topic, Bus, Delivery, EnvelopeError, RawEvent, SubscribeOptions, Subscription,
+    dead_letter_topic, Bus, Context, Delivery, DomainEvent, EnvelopeError, Handler, HandlerError, RawEvent,
+    SubscribeOptions, Subscription,
 };
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
+use crate::events::Ping;
 use crate::support::{within, Collector, WAIT};
 
 /// The next delivery of `sub`, within [`WAIT`].
@@ -71,6 +73,18 @@ impl DlqReader {
 impl Drop for DlqReader {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A handler that records the sequence number of every ping it handles.
+pub(crate) fn record_seqs(sink: &Arc<Collector<u64>>) -> impl Handler<Ping> {
+    let sink = sink.clone();
+    move |e: DomainEvent<Ping>, _ctx: Context| {
+        let sink = sink.clone();
+        async move {
+            sink.push(e.data.seq);
+            Ok::<_, HandlerError>(())
+        }
     }
 }
 

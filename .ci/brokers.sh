@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Brings up the brokers the tests talk to, on this machine, idempotently:
+# RabbitMQ on 127.0.0.1:5672 (guest/guest) and NATS with JetStream on
+# 127.0.0.1:4222 are started only when their port is closed (installed from
+# Debian's packages first if missing); a second, restartable NATS on 4223
+# serves the broker-restart test. Nothing already running is touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port name seconds
+    local tries=$(($3 * 5))
+    for _ in $(seq 1 "$tries"); do
+        port_open "$1" && return 0
+        sleep 0.2
+    done
+    echo "$2 did not open port $1 within $3 s" >&2
+    return 1
+}
+
+apt_updated=0
+need() { # command package
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+if ! port_open 5672; then
+    echo "starting RabbitMQ"
+    need rabbitmq-server rabbitmq-server
+    rabbitmq-server -detached
+    wait_port 5672 RabbitMQ 180
+fi
+# The port opens before the broker accepts logins; wait for it fully.
+need rabbitmqctl rabbitmq-server
+timeout 180 rabbitmqctl await_startup >/dev/null
+
+if ! port_open 4222; then
+    echo "starting NATS (JetStream)"
+    need nats-server nats-server
+    mkdir -p /var/lib/nats-server
+    start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    wait_port 4222 NATS 60
+fi
+
+bash .ci/nats-restartable.sh start
+echo "brokers up: RabbitMQ 127.0.0.1:5672, NATS 127.0.0.1:4222, restartable NATS 127.0.0.1:4223"
