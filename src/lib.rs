@@ -39,6 +39,9 @@ pub use busline_core::*;
 #[cfg(feature = "memory")]
 pub use busline_memory as memory;
 
+#[cfg(feature = "nats")]
+pub use busline_nats as nats;
+
 /// Connects the backend the configuration's URL names.
 ///
 /// | scheme | backend | feature |
@@ -98,6 +101,12 @@ async fn connect_rabbitmq(config: &BusConfig) -> Result<Bus, ConfigError> {
     Err(missing_backend(&config.url.scheme(), "rabbitmq"))
 }
 
+#[cfg(feature = "nats")]
+async fn connect_nats(config: &BusConfig) -> Result<Bus, ConfigError> {
+    busline_nats::connect(config).await
+}
+
+#[cfg(not(feature = "nats"))]
 async fn connect_nats(config: &BusConfig) -> Result<Bus, ConfigError> {
     Err(missing_backend(&config.url.scheme(), "nats"))
 }

@@ -183,10 +183,8 @@ async fn config_from_toml_drives_router_defaults() {
     )
     .await
     .unwrap();
-    busline_testkit::support::within(WAIT, "the dead letter after two attempts", async {
-        while router.stats().dead_lettered == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    busline_testkit::support::eventually(WAIT, "the dead letter after two attempts", || {
+        router.stats().dead_lettered == 1
     })
     .await;
     let stats = router.shutdown().await.unwrap();

@@ -110,7 +110,8 @@ impl HeaderDialect {
         h
     }
 
-    fn encode_value(&self, value: &str) -> String {
+    /// A header value as this dialect writes it (percent-encoded on NATS).
+    pub fn encode_value(&self, value: &str) -> String {
         if self.percent_encode {
             utf8_percent_encode(value, NATS_VALUE).to_string()
         } else {
@@ -118,7 +119,8 @@ impl HeaderDialect {
         }
     }
 
-    fn decode_value(&self, name: &str, raw: &[u8]) -> Result<String, EnvelopeError> {
+    /// Reads a header value of attribute `name` as this dialect writes it.
+    pub fn decode_value(&self, name: &str, raw: &[u8]) -> Result<String, EnvelopeError> {
         let text = std::str::from_utf8(raw).map_err(|_| EnvelopeError::invalid(name, "not UTF-8"))?;
         if self.percent_encode {
             percent_decode_str(text)

@@ -27,6 +27,18 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
     }
 }
 
+/// Waits until `condition` holds, checking every 10 ms, for at most
+/// `limit`; panics with `what` on timeout. For state that offers nothing to
+/// wait on (counters); prefer a [`Collector`] where there is one.
+pub async fn eventually(limit: Duration, what: &str, condition: impl Fn() -> bool) {
+    within(limit, what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
 /// A list that tests append to from handlers and wait on.
 pub struct Collector<T> {
     items: Mutex<Vec<T>>,

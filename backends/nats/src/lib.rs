@@ -1,1 +1,56 @@
-//! busline-nats (in progress).
+//! busline-nats: the NATS JetStream backend of busline, on `async-nats`.
+//!
+//! - A topic is a stream capturing the subjects `<token>.>`; an event is
+//!   stored under `<token>.<event_type>`. The token is the topic escaped
+//!   injectively ([`escape`]), so `orders`, `orders.eu`, `orders-eu` and
+//!   `orders.billing.dlq` are separate streams whose subjects never overlap.
+//! - A group is a durable pull consumer (explicit ack) of the stream;
+//!   `provision` creates it, and the group's dead-letter stream and consumer
+//!   on `<topic>.<group>.dlq`, so dead letters are kept before anyone reads
+//!   them.
+//! - The envelope travels as CloudEvents `ce-` headers with percent-encoded
+//!   values, plus `content-type` and `Nats-Msg-Id` = event id, so JetStream
+//!   drops a retried publish within its duplicate window.
+//! - Publishing waits for the JetStream publish ack; a batch has every
+//!   publish in flight at once.
+//! - A delivery's attempt number is the server's delivery count; `nack`
+//!   naks with a delay; a long handler is kept alive with progress acks; a
+//!   dead letter is published to the DLQ stream and then the original is
+//!   `term`inated; a delivery dropped undecided is nak'ed.
+//! - The client reconnects by itself, and subscriptions pull again after a
+//!   server restart; unacknowledged events come again.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), busline_core::ConfigError> {
+//! let config = busline_core::BusConfig::from_url("nats://127.0.0.1:4222").with_service("orders");
+//! let bus = busline_nats::connect(&config).await?;
+//! # let _ = bus; Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod acker;
+mod attempts;
+mod bus;
+mod config;
+mod consumer;
+mod headers;
+mod keepalive;
+mod naming;
+mod publisher;
+mod shared;
+mod topology;
+
+pub use bus::NatsBus;
+pub use config::{NatsConfig, Retention, Storage, TlsConfig};
+pub use naming::{consumer_name, escape, TopicNames};
+
+use busline_core::{Bus, BusConfig, BusSettings, ConfigError};
+
+/// Connects to the NATS server(s) of `config.url` (`nats://` or `tls://`,
+/// several servers comma-separated, `user:password@` or `token@` in the
+/// URL), tuned by the `[nats]` section ([`NatsConfig`]).
+pub async fn connect(config: &BusConfig) -> Result<Bus, ConfigError> {
+    let nats: NatsConfig = config.nats.parse("nats")?;
+    let settings = BusSettings::from_config(config)?;
+    Ok(Bus::new(NatsBus::connect(config, nats).await?, settings))
+}

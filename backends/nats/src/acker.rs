@@ -1,0 +1,191 @@
+//! Settling one JetStream delivery: ack, nak with delay, dead-letter (publish
+//! to the DLQ stream, then `term`), and nak when dropped undecided.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::message::{AckKind, PublishMessage};
+use async_nats::{HeaderMap, Subject};
+use busline_core::{async_trait, Acknowledge, DeadLetter, SettleError, SettleErrorKind};
+use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::headers;
+use crate::keepalive::Keepalive;
+use crate::shared::Shared;
+
+/// The parts of a received message a settlement needs.
+pub(crate) struct Received {
+    pub(crate) reply: Subject,
+    pub(crate) subject: Subject,
+    pub(crate) headers: Option<HeaderMap>,
+    pub(crate) payload: Bytes,
+    pub(crate) topic: Arc<str>,
+    pub(crate) stream: Arc<str>,
+    /// Subject prefix of the topic, `<token>.`.
+    pub(crate) prefix_len: usize,
+    pub(crate) stream_sequence: u64,
+    pub(crate) attempt: u32,
+}
+
+pub(crate) struct NatsAcker {
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    received: Received,
+    shared: Arc<Shared>,
+    keepalive: Arc<Keepalive>,
+    keepalive_id: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl NatsAcker {
+    pub(crate) fn new(
+        received: Received,
+        shared: Arc<Shared>,
+        keepalive: Arc<Keepalive>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let keepalive_id = keepalive.insert(received.reply.clone());
+        shared.in_flight.enter();
+        Self {
+            pending: Some(Pending {
+                received,
+                shared,
+                keepalive,
+                keepalive_id,
+                _permit: permit,
+            }),
+        }
+    }
+
+    fn take(&mut self) -> Pending {
+        self.pending.take().expect("a delivery is settled once")
+    }
+}
+
+impl Pending {
+    async fn send(&self, kind: AckKind, confirm: bool) -> Result<(), SettleError> {
+        let reply = self.received.reply.clone();
+        let client = &self.shared.client;
+        let result = if confirm {
+            // A request waits for the server's reply: the settlement is
+            // recorded when this returns.
+            client
+                .request(reply, kind.into())
+                .await
+                .map(drop)
+                .map_err(async_nats::Error::from)
+        } else {
+            client
+                .publish(reply, kind.into())
+                .await
+                .map_err(async_nats::Error::from)
+        };
+        result.map_err(|e| {
+            let kind = if self.shared.is_closed() {
+                SettleErrorKind::Closed
+            } else {
+                SettleErrorKind::Connection
+            };
+            SettleError::new(kind, self.topic()).with_source(e)
+        })
+    }
+
+    fn returned(&self) {
+        let r = &self.received;
+        self.shared
+            .attempts
+            .returned(&r.stream, r.stream_sequence, r.attempt);
+    }
+
+    fn settled(&self) {
+        let r = &self.received;
+        self.shared.attempts.settled(&r.stream, r.stream_sequence);
+    }
+
+    fn topic(&self) -> String {
+        self.received.topic.to_string()
+    }
+
+    async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<(), SettleError> {
+        let fail = |e: busline_core::BoxError| {
+            SettleError::new(SettleErrorKind::DeadLetterPublish, letter.dead_letter_topic()).with_source(e)
+        };
+        let shared = &self.shared;
+        let dlq = letter.dead_letter_topic();
+        let names = shared
+            .topology
+            .ensure_stream(&dlq)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let r = &self.received;
+        // Same event type tokens as the original subject, under the DLQ's
+        // token; works for messages whose headers are unreadable too.
+        let rest = r.subject.get(r.prefix_len..).unwrap_or("unknown");
+        let subject = format!("{}.{rest}", names.token);
+        let msg_id = format!("dl:{}:{}", r.stream, r.stream_sequence);
+        let message = PublishMessage::build()
+            .payload(r.payload.clone())
+            .headers(headers::dead_letter(r.headers.as_ref(), letter, msg_id));
+        let ack = shared
+            .js
+            .send_publish(subject, message)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        ack.await.map_err(|e| fail(e.into()))?;
+        Ok(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.keepalive.remove(self.keepalive_id);
+        self.shared.in_flight.leave();
+    }
+}
+
+#[async_trait]
+impl Acknowledge for NatsAcker {
+    async fn ack(mut self: Box<Self>) -> Result<(), SettleError> {
+        let p = self.take();
+        p.settled();
+        p.send(AckKind::Ack, p.shared.config.double_ack).await
+    }
+
+    async fn nack(mut self: Box<Self>, retry_after: Duration) -> Result<(), SettleError> {
+        let p = self.take();
+        let delay = (!retry_after.is_zero()).then_some(retry_after);
+        p.returned();
+        p.send(AckKind::Nak(delay), false).await
+    }
+
+    async fn dead_letter(mut self: Box<Self>, letter: DeadLetter) -> Result<(), SettleError> {
+        let p = self.take();
+        if let Err(e) = p.publish_dead_letter(&letter).await {
+            // Not stored in the DLQ: the event comes back instead of being
+            // lost.
+            p.returned();
+            let _ = p.send(AckKind::Nak(None), false).await;
+            return Err(e);
+        }
+        // The letter is stored; a lost `term` redelivers the event, and its
+        // second dead letter carries the same message id, so the DLQ keeps
+        // one.
+        p.settled();
+        p.send(AckKind::Term, p.shared.config.double_ack).await
+    }
+}
+
+impl Drop for NatsAcker {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            let shared = p.shared.clone();
+            p.returned();
+            shared.spawn_settle(async move {
+                let _ = p.send(AckKind::Nak(None), false).await;
+            });
+        }
+    }
+}

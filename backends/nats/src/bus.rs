@@ -1,0 +1,184 @@
+//! [`NatsBus`]: the `EventBus` of the NATS JetStream backend.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use busline_core::{
+    async_trait, Capabilities, ConfigError, ConsumeError, EventBus, PublishError, RawEvent, SubscribeError,
+    SubscribeErrorKind, SubscribeOptions, Subscription,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{NatsConfig, Storage};
+use crate::consumer::Member;
+use crate::shared::Shared;
+use crate::topology::{Topology, TopologyError};
+
+/// One connection to a NATS server (or cluster) with JetStream. Cloning
+/// shares the connection.
+///
+/// A topic is a stream capturing `<token>.>`, where the token is the topic
+/// escaped into one subject token ([`escape`](crate::escape)); an event goes
+/// to `<token>.<event_type>`; a group is a durable pull consumer of the
+/// stream.
+#[derive(Clone)]
+pub struct NatsBus {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("config", &self.shared.config)
+            .field("closed", &self.shared.is_closed())
+            .finish()
+    }
+}
+
+impl NatsBus {
+    /// Connects to the servers of a `nats://` or `tls://` URL (credentials
+    /// in the URL, or `creds_file` in `nats`).
+    pub async fn connect(config: &busline_core::BusConfig, nats: NatsConfig) -> Result<Self, ConfigError> {
+        let endpoint = crate::config::endpoint(config, &nats).await?;
+        let client = endpoint
+            .options
+            .connect(endpoint.servers)
+            .await
+            .map_err(|e| ConfigError::Connect {
+                url: config.url.redacted(),
+                source: Box::new(e),
+            })?;
+        Ok(Self::from_client(client, nats))
+    }
+
+    /// A bus over an already connected client.
+    pub fn from_client(client: async_nats::Client, nats: NatsConfig) -> Self {
+        let config = Arc::new(nats);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            // Publishers wait for room rather than fail when many acks are
+            // outstanding.
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        Self {
+            shared: Arc::new(Shared {
+                topology: Topology::new(js.clone(), config.clone()),
+                client,
+                js,
+                config,
+                closed: CancellationToken::new(),
+                settling: TaskTracker::new(),
+                in_flight: Default::default(),
+                attempts: Default::default(),
+            }),
+        }
+    }
+
+    /// The underlying client, e.g. for plain NATS interop.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.shared.client
+    }
+
+    /// The backend configuration in use.
+    pub fn config(&self) -> &NatsConfig {
+        &self.shared.config
+    }
+
+    /// The streams this connection declared (for tests and tools that clean
+    /// up after themselves).
+    pub fn declared_streams(&self) -> Vec<String> {
+        self.shared.topology.declared()
+    }
+}
+
+fn subscribe_error(shared: &Shared, topic: &str, e: TopologyError) -> SubscribeError {
+    let kind = match (&e, shared.is_closed()) {
+        (_, true) => SubscribeErrorKind::Closed,
+        (TopologyError::InvalidName, _) => SubscribeErrorKind::InvalidName,
+        (TopologyError::Server(_), _) => SubscribeErrorKind::Topology,
+    };
+    SubscribeError::new(kind, topic).with_source(e)
+}
+
+#[async_trait]
+impl EventBus for NatsBus {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+            .with_persistent(self.shared.config.storage == Storage::File)
+            .with_replay_from_start(true)
+            .with_dedup_by_id(true)
+    }
+
+    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+        crate::publisher::publish(&self.shared, topic, std::slice::from_ref(&event)).await
+    }
+
+    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+        crate::publisher::publish(&self.shared, topic, &events).await
+    }
+
+    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        if self.shared.is_closed() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        self.shared
+            .topology
+            .provision(topic, group, Default::default())
+            .await
+            .map(drop)
+            .map_err(|e| subscribe_error(&self.shared, topic, e))
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        if self.shared.is_closed() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        let (names, consumer) = self
+            .shared
+            .topology
+            .provision(topic, group, options.start_from)
+            .await
+            .map_err(|e| subscribe_error(&self.shared, topic, e))?;
+        let member = Member::new(
+            self.shared.clone(),
+            consumer,
+            names,
+            topic,
+            group,
+            options.start_from,
+            options.max_in_flight,
+        );
+        Ok(Subscription::new(futures::stream::unfold(
+            member,
+            |mut m| async move {
+                let delivery = m.next().await?;
+                Some((Ok::<_, ConsumeError>(delivery), m))
+            },
+        )))
+    }
+
+    async fn shutdown(&self) {
+        let shared = &self.shared;
+        if shared.closed.is_cancelled() {
+            return;
+        }
+        // Stop pulling and publishing; give deliveries still out there a
+        // chance to settle, and background settlements (naks of dropped
+        // deliveries) time to be sent, then flush and drain.
+        shared.closed.cancel();
+        let limit = shared.config.shutdown_timeout;
+        if !shared.in_flight.wait_idle(limit).await {
+            tracing::warn!("shutdown with deliveries unsettled; the server redelivers them after ack_wait");
+        }
+        shared.settling.close();
+        let _ = tokio::time::timeout(limit, shared.settling.wait()).await;
+        let _ = tokio::time::timeout(limit, shared.client.flush()).await;
+        let _ = shared.client.drain().await;
+    }
+}

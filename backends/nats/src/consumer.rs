@@ -1,0 +1,195 @@
+//! One group member: pulls from the group's durable consumer, at most
+//! `max_in_flight` deliveries unsettled, and pulls again after any error
+//! (a server restart, a lost connection, a recreated consumer) without
+//! ending the subscription.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, PullConsumer};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::Message;
+use busline_core::{BoxError, Delivery, StartFrom};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::acker::{NatsAcker, Received};
+use crate::headers;
+use crate::keepalive::Keepalive;
+use crate::naming::TopicNames;
+use crate::shared::Shared;
+
+pub(crate) struct Member {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) consumer: PullConsumer,
+    pub(crate) names: TopicNames,
+    pub(crate) topic: Arc<str>,
+    pub(crate) group: Arc<str>,
+    pub(crate) start: StartFrom,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) batch: usize,
+    pub(crate) keepalive: Arc<Keepalive>,
+    pub(crate) closed: CancellationToken,
+    messages: Option<pull::Stream>,
+    stream_name: Arc<str>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Member {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        consumer: PullConsumer,
+        names: TopicNames,
+        topic: &str,
+        group: &str,
+        start: StartFrom,
+        max_in_flight: usize,
+    ) -> Self {
+        let config = &shared.config;
+        let keepalive = Keepalive::start(shared.client.clone(), config.ack_wait, shared.closed.clone());
+        Self {
+            batch: max_in_flight.clamp(1, config.fetch_batch.max(1)),
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            stream_name: names.stream.as_str().into(),
+            closed: shared.closed.clone(),
+            shared,
+            consumer,
+            names,
+            topic: topic.into(),
+            group: group.into(),
+            start,
+            keepalive,
+            messages: None,
+        }
+    }
+
+    /// The next delivery; `None` once the connection is shut down.
+    pub(crate) async fn next(&mut self) -> Option<Delivery> {
+        let permit = tokio::select! {
+            biased;
+            _ = self.closed.cancelled() => return None,
+            p = self.permits.clone().acquire_owned() => p.ok()?,
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.messages.is_none() {
+                match self.open().await {
+                    Ok(messages) => self.messages = Some(messages),
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, group = %self.group, error = %e, "cannot pull; retrying");
+                        self.pause(&mut backoff).await?;
+                        continue;
+                    }
+                }
+            }
+            let messages = self.messages.as_mut()?;
+            let next = tokio::select! {
+                biased;
+                _ = self.closed.cancelled() => return None,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => return Some(self.deliver(message, permit)),
+                Some(Err(e)) => {
+                    // Missed heartbeats, a failed pull request, a deleted
+                    // consumer: pull afresh (re-declaring if needed).
+                    tracing::debug!(topic = %self.topic, group = %self.group, error = %e, "pull stream failed; pulling again");
+                    self.messages = None;
+                    self.pause(&mut backoff).await?;
+                }
+                None => self.messages = None,
+            }
+        }
+    }
+
+    async fn pause(&self, backoff: &mut Duration) -> Option<()> {
+        tokio::select! {
+            biased;
+            _ = self.closed.cancelled() => return None,
+            _ = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        Some(())
+    }
+
+    async fn open(&mut self) -> Result<pull::Stream, BoxError> {
+        match self.pull().await {
+            Ok(messages) => Ok(messages),
+            Err(first) => {
+                // The consumer (or its stream) may be gone, e.g. memory
+                // storage after a server restart: declare it again.
+                tracing::debug!(error = %first, "pull failed; re-declaring the consumer");
+                self.shared.topology.forget(&self.names.stream);
+                let (_, consumer) = self
+                    .shared
+                    .topology
+                    .provision(&self.topic, &self.group, self.start)
+                    .await
+                    .map_err(BoxError::from)?;
+                self.consumer = consumer;
+                Ok(self.pull().await?)
+            }
+        }
+    }
+
+    async fn pull(&self) -> Result<pull::Stream, async_nats::jetstream::consumer::StreamError> {
+        let c = &self.shared.config;
+        self.consumer
+            .stream()
+            .max_messages_per_batch(self.batch)
+            .expires(c.fetch_expires)
+            .heartbeat(c.heartbeat)
+            .messages()
+            .await
+    }
+
+    fn deliver(&self, message: Message, permit: OwnedSemaphorePermit) -> Delivery {
+        let (attempt, stream_sequence) = message
+            .info()
+            .map(|i| (u32::try_from(i.delivered).unwrap_or(u32::MAX), i.stream_sequence))
+            .unwrap_or((1, 0));
+        let attempt = self
+            .shared
+            .attempts
+            .attempt(&self.stream_name, stream_sequence, attempt);
+        let message = message.message;
+        let event = headers::decode(message.headers.as_ref(), message.payload.clone());
+        let received = Received {
+            reply: message.reply.unwrap_or_else(|| "".into()),
+            subject: message.subject,
+            headers: message.headers,
+            payload: message.payload,
+            topic: self.topic.clone(),
+            stream: self.stream_name.clone(),
+            prefix_len: self.names.token.len() + 1,
+            stream_sequence,
+            attempt,
+        };
+        let acker = NatsAcker::new(received, self.shared.clone(), self.keepalive.clone(), permit);
+        Delivery::new(
+            event,
+            attempt,
+            self.topic.clone(),
+            self.group.clone(),
+            Box::new(acker),
+        )
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        // Messages already pulled into this client but not handed out would
+        // otherwise wait for ack_wait on the server: give them back now.
+        let Some(mut messages) = self.messages.take() else {
+            return;
+        };
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            self.shared.spawn_settle(async move {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The envelope as NATS headers, through the core's one header mapping
+//! ([`HeaderDialect::NATS`]: `ce-` prefix, percent-encoded values), plus the
+//! JetStream headers busline sets itself.
+
+use async_nats::HeaderMap;
+use busline_core::wire::{self, HeaderDialect, NativeAttributes};
+use busline_core::{DeadLetter, EnvelopeError, RawEvent, REPLAY_COUNT};
+use bytes::Bytes;
+
+/// JetStream's de-duplication header.
+pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+
+/// The headers of `event`, its `Nats-Msg-Id` included.
+pub(crate) fn encode(event: &RawEvent) -> Result<HeaderMap, EnvelopeError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in wire::encode_headers(event, &HeaderDialect::NATS)? {
+        map.insert(name.as_str(), value);
+    }
+    map.insert(MSG_ID, msg_id(event));
+    Ok(map)
+}
+
+/// The de-duplication id of `event`: its id, so that a retried publish is
+/// stored once; a replayed event keeps its id, so its replay count is
+/// appended, or the duplicate window would drop the replay.
+pub(crate) fn msg_id(event: &RawEvent) -> String {
+    match event.extensions.get(REPLAY_COUNT) {
+        Some(n) => format!("{}:replay:{n}", event.id),
+        None => event.id.clone(),
+    }
+}
+
+/// Reads the envelope of a received message; a message without headers is
+/// read as one with none (and so fails on the missing id).
+pub(crate) fn decode(headers: Option<&HeaderMap>, body: Bytes) -> Result<RawEvent, EnvelopeError> {
+    let pairs = headers
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .flat_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values.iter().map(move |v| (name, AsRef::<[u8]>::as_ref(v)))
+        });
+    wire::decode_headers(&HeaderDialect::NATS, pairs, NativeAttributes::default(), body)
+}
+
+/// The headers of the dead letter of a message: the original envelope
+/// headers as they were (whatever they hold, even when unreadable), the
+/// letter's attributes added as `ce-deadletter…` headers, server headers
+/// dropped, and a `Nats-Msg-Id` that names the stored original, so that
+/// dead-lettering the same stored message twice keeps one letter.
+pub(crate) fn dead_letter(original: Option<&HeaderMap>, letter: &DeadLetter, msg_id: String) -> HeaderMap {
+    let added = letter_headers(letter);
+    let mut map = HeaderMap::new();
+    if let Some(original) = original {
+        for (name, values) in original.iter() {
+            let name: &str = name.as_ref();
+            let replaced = added.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+            if replaced || name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") {
+                continue;
+            }
+            for v in values {
+                map.append(name, v.as_str());
+            }
+        }
+    }
+    for (name, value) in added {
+        map.insert(name.as_str(), value);
+    }
+    map.insert(MSG_ID, msg_id);
+    map
+}
+
+/// The letter's attributes in the NATS dialect, encoded by the core's
+/// mapping: they are written as the extensions of a minimal envelope and
+/// picked out of its headers, so names and percent-encoding match the rest.
+fn letter_headers(letter: &DeadLetter) -> Vec<(String, String)> {
+    let mut carrier = RawEvent {
+        id: "letter".into(),
+        event_type: "letter".into(),
+        version: 1,
+        source: "busline".into(),
+        time: letter.failed_at,
+        correlation_id: "letter".into(),
+        causation_id: None,
+        key: None,
+        extensions: Default::default(),
+        data: busline_core::Payload {
+            content_type: "application/octet-stream".into(),
+            bytes: Bytes::new(),
+        },
+    };
+    letter.stamp(&mut carrier);
+    let wanted: Vec<String> = letter
+        .attributes()
+        .iter()
+        .map(|(n, _)| HeaderDialect::NATS.header(n))
+        .collect();
+    wire::encode_headers(&carrier, &HeaderDialect::NATS)
+        .map(|hs| hs.into_iter().filter(|(n, _)| wanted.contains(n)).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busline_core::{DeadLetterReason, Payload};
+
+    fn event() -> RawEvent {
+        RawEvent {
+            id: busline_core::new_event_id(),
+            event_type: "test.ping".into(),
+            version: 2,
+            source: "svc".into(),
+            time: chrono::Utc::now(),
+            correlation_id: "req-1".into(),
+            causation_id: Some("c-1".into()),
+            key: Some("k 1".into()),
+            extensions: [("tenant".to_owned(), "acme corp".to_owned())].into(),
+            data: Payload {
+                content_type: "application/json".into(),
+                bytes: Bytes::from_static(b"{}"),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let e = event();
+        let h = encode(&e).unwrap();
+        assert_eq!(h.get("ce-partitionkey").unwrap().as_str(), "k%201");
+        assert_eq!(h.get(MSG_ID).unwrap().as_str(), e.id);
+        let back = decode(Some(&h), e.data.bytes.clone()).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn replays_get_their_own_msg_id() {
+        let mut e = event();
+        e.extensions.insert(REPLAY_COUNT.into(), "2".into());
+        assert_eq!(msg_id(&e), format!("{}:replay:2", e.id));
+    }
+
+    #[test]
+    fn dead_letters_keep_the_original_headers() {
+        let e = event();
+        let mut h = HeaderMap::new();
+        for (n, v) in wire::encode_headers(&e, &HeaderDialect::NATS).unwrap() {
+            if n != "ce-id" {
+                h.insert(n.as_str(), v);
+            }
+        }
+        let letter = DeadLetter {
+            reason: DeadLetterReason::MalformedEnvelope,
+            error: "`id` is missing\nsecond line".into(),
+            topic: "orders".into(),
+            group: "g".into(),
+            attempts: 1,
+            failed_at: chrono::Utc::now(),
+        };
+        let d = dead_letter(Some(&h), &letter, "dl:x:1".into());
+        assert_eq!(d.get(MSG_ID).unwrap().as_str(), "dl:x:1");
+        assert_eq!(d.get("ce-tenant").unwrap().as_str(), "acme%20corp");
+        assert!(d.get("ce-id").is_none());
+        let err = d.get("ce-deadlettererror").unwrap().as_str();
+        assert!(!err.contains('\n') && !err.contains(' '), "{err}");
+        // A readable original reads back with the letter's attributes.
+        let d = dead_letter(Some(&encode(&e).unwrap()), &letter, "dl:x:2".into());
+        let back = decode(Some(&d), e.data.bytes.clone()).unwrap();
+        assert_eq!(DeadLetter::read(&back).unwrap().error, letter.error);
+        assert_eq!(back.id, e.id);
+    }
+}

@@ -1,0 +1,83 @@
+//! What every part of one connection shares: the client, the JetStream
+//! context, the topology, and the shutdown state.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::Context;
+use async_nats::Client;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::attempts::AttemptFloor;
+use crate::config::NatsConfig;
+use crate::topology::Topology;
+
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) js: Context,
+    pub(crate) config: Arc<NatsConfig>,
+    pub(crate) topology: Topology,
+    /// Cancelled by shutdown: subscriptions end, publishes fail `Closed`.
+    pub(crate) closed: CancellationToken,
+    /// Settlements running in the background (those of dropped deliveries),
+    /// which shutdown waits for before it drains the connection.
+    pub(crate) settling: TaskTracker,
+    /// Deliveries handed out and not yet settled.
+    pub(crate) in_flight: InFlight,
+    /// Attempts of events this connection returned to the server.
+    pub(crate) attempts: AttemptFloor,
+}
+
+impl Shared {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Runs a settlement in the background, tracked so shutdown waits for it;
+    /// outside a runtime (a delivery dropped after its runtime ended) the
+    /// server redelivers after `ack_wait` instead.
+    pub(crate) fn spawn_settle(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(self.settling.track_future(fut));
+        }
+    }
+}
+
+/// A count of unsettled deliveries that can be waited on.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    zero: Notify,
+}
+
+impl InFlight {
+    pub(crate) fn enter(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn leave(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.zero.notify_waiters();
+        }
+    }
+
+    /// Waits until none is in flight, at most `limit`; whether it got there.
+    pub(crate) async fn wait_idle(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                let zero = self.zero.notified();
+                tokio::pin!(zero);
+                zero.as_mut().enable();
+                if self.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                zero.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}

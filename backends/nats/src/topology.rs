@@ -1,0 +1,196 @@
+//! Streams and durable consumers, declared idempotently: a stream per topic
+//! capturing `<token>.>`, a durable pull consumer per (topic, group), and the
+//! same for the group's dead-letter topic.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::Context;
+use busline_core::{dead_letter_topic, BoxError, StartFrom};
+
+use crate::config::{NatsConfig, Retention, Storage};
+use crate::naming::{consumer_name, TopicNames};
+
+/// Why a declaration failed.
+#[derive(Debug)]
+pub(crate) enum TopologyError {
+    /// The topic or group cannot be named on NATS (it is empty).
+    InvalidName,
+    /// The server refused or did not answer.
+    Server(BoxError),
+}
+
+impl From<TopologyError> for BoxError {
+    fn from(e: TopologyError) -> Self {
+        match e {
+            TopologyError::InvalidName => "empty topic or group name".into(),
+            TopologyError::Server(e) => e,
+        }
+    }
+}
+
+/// One connection's view of the topology, with the streams it already
+/// declared remembered, so publishing costs no API call after the first.
+pub(crate) struct Topology {
+    js: Context,
+    config: Arc<NatsConfig>,
+    declared: Mutex<HashSet<String>>,
+}
+
+impl Topology {
+    pub(crate) fn new(js: Context, config: Arc<NatsConfig>) -> Self {
+        Self {
+            js,
+            config,
+            declared: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn names(topic: &str) -> Result<TopicNames, TopologyError> {
+        TopicNames::of(topic).ok_or(TopologyError::InvalidName)
+    }
+
+    fn is_declared(&self, stream: &str) -> bool {
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(stream)
+    }
+
+    /// Forgets that `stream` was declared (it was deleted under us).
+    pub(crate) fn forget(&self, stream: &str) {
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(stream);
+    }
+
+    /// The streams this connection declared.
+    pub(crate) fn declared(&self) -> Vec<String> {
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Makes sure the stream of `topic` exists, once per connection.
+    pub(crate) async fn ensure_stream(&self, topic: &str) -> Result<TopicNames, TopologyError> {
+        let names = Self::names(topic)?;
+        if !self.is_declared(&names.stream) {
+            self.declare_stream(&names).await?;
+        }
+        Ok(names)
+    }
+
+    async fn declare_stream(&self, names: &TopicNames) -> Result<stream::Stream, TopologyError> {
+        let c = &self.config;
+        let wanted = stream::Config {
+            name: names.stream.clone(),
+            subjects: vec![names.wildcard()],
+            storage: match c.storage {
+                Storage::File => StorageType::File,
+                Storage::Memory => StorageType::Memory,
+            },
+            retention: match c.retention {
+                Retention::Limits => RetentionPolicy::Limits,
+                Retention::Interest => RetentionPolicy::Interest,
+            },
+            num_replicas: c.replicas.max(1),
+            max_age: c.max_age,
+            // The server refuses a duplicate window longer than the age limit.
+            duplicate_window: if c.max_age.is_zero() {
+                c.duplicate_window
+            } else {
+                c.duplicate_window.min(c.max_age)
+            },
+            ..Default::default()
+        };
+        let server = |e: &dyn std::fmt::Display| TopologyError::Server(e.to_string().into());
+        let mut handle = self
+            .js
+            .get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|e| server(&e))?;
+        let have = &handle.cached_info().config;
+        if have.subjects != wanted.subjects {
+            return Err(server(&format!(
+                "stream {} exists with subjects {:?}, not {:?}",
+                wanted.name, have.subjects, wanted.subjects
+            )));
+        }
+        if have.max_age != wanted.max_age || have.duplicate_window != wanted.duplicate_window {
+            // Tuning changed since the stream was made; storage and retention
+            // cannot change on a live stream, so only these are updated.
+            let mut update = have.clone();
+            update.max_age = wanted.max_age;
+            update.duplicate_window = wanted.duplicate_window;
+            if let Err(e) = self.js.update_stream(update).await {
+                tracing::warn!(stream = %wanted.name, error = %e, "cannot update stream limits");
+            }
+            handle = self.js.get_stream(&wanted.name).await.map_err(|e| server(&e))?;
+        }
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(names.stream.clone());
+        Ok(handle)
+    }
+
+    /// Declares the stream of `topic` and the durable consumer of `group`
+    /// on it, and the same for `<topic>.<group>.dlq`, so dead letters are
+    /// kept before anyone reads them. Returns the group's consumer.
+    pub(crate) async fn provision(
+        &self,
+        topic: &str,
+        group: &str,
+        start: StartFrom,
+    ) -> Result<(TopicNames, PullConsumer), TopologyError> {
+        let main = self.consumer(topic, group, start).await?;
+        // Every dead letter must be kept, so the DLQ group starts at the
+        // beginning of its stream.
+        self.consumer(&dead_letter_topic(topic, group), group, StartFrom::Earliest)
+            .await?;
+        Ok(main)
+    }
+
+    async fn consumer(
+        &self,
+        topic: &str,
+        group: &str,
+        start: StartFrom,
+    ) -> Result<(TopicNames, PullConsumer), TopologyError> {
+        let names = Self::names(topic)?;
+        let durable = consumer_name(group).ok_or(TopologyError::InvalidName)?;
+        let stream = self.declare_stream(&names).await?;
+        let c = &self.config;
+        let config = pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: names.wildcard(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: c.ack_wait,
+            max_deliver: c.max_deliver,
+            max_ack_pending: c.max_ack_pending,
+            deliver_policy: match start {
+                StartFrom::New => DeliverPolicy::New,
+                StartFrom::Earliest => DeliverPolicy::All,
+            },
+            ..Default::default()
+        };
+        let mut last = None;
+        // Two members creating the same durable at once: one creates, the
+        // other's create may fail; a second look finds it.
+        for _ in 0..3 {
+            match stream.get_or_create_consumer(&durable, config.clone()).await {
+                Ok(consumer) => return Ok((names, consumer)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(TopologyError::Server(
+            last.map(|e| e.to_string()).unwrap_or_default().into(),
+        ))
+    }
+}
