@@ -42,6 +42,9 @@ pub use busline_memory as memory;
 #[cfg(feature = "nats")]
 pub use busline_nats as nats;
 
+#[cfg(feature = "rabbitmq")]
+pub use busline_rabbitmq as rabbitmq;
+
 /// Connects the backend the configuration's URL names.
 ///
 /// | scheme | backend | feature |
@@ -97,6 +100,12 @@ fn connect_memory(_config: &BusConfig) -> Result<Bus, ConfigError> {
     Err(missing_backend("memory", "memory"))
 }
 
+#[cfg(feature = "rabbitmq")]
+async fn connect_rabbitmq(config: &BusConfig) -> Result<Bus, ConfigError> {
+    busline_rabbitmq::connect(config).await
+}
+
+#[cfg(not(feature = "rabbitmq"))]
 async fn connect_rabbitmq(config: &BusConfig) -> Result<Bus, ConfigError> {
     Err(missing_backend(&config.url.scheme(), "rabbitmq"))
 }

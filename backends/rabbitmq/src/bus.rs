@@ -1,0 +1,274 @@
+//! `RabbitBus`: the `EventBus` of the RabbitMQ backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use busline_core::{
+    async_trait, Capabilities, EventBus, PublishError, PublishErrorKind, RawEvent, SubscribeError,
+    SubscribeErrorKind, SubscribeOptions, Subscription,
+};
+use lapin::types::ShortString;
+use tokio::sync::watch;
+
+use crate::acker::GroupContext;
+use crate::config::RabbitConfig;
+use crate::connection::{Link, LinkError, LinkOptions};
+use crate::consumer::Member;
+use crate::headers;
+use crate::publisher::{Failure, Outgoing, Publisher};
+use crate::topology::{self, Topology, TopologyError};
+
+/// A connection to RabbitMQ: one AMQP connection for publishing (a pool of
+/// confirm channels) and one for consuming (a channel per subscription),
+/// each reconnected with backoff when lost. Cloning shares it.
+#[derive(Clone)]
+pub struct RabbitBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RabbitConfig,
+    publish_link: Arc<Link>,
+    consume_link: Arc<Link>,
+    publisher: Arc<Publisher>,
+    topology: Arc<Topology>,
+    closed: watch::Sender<bool>,
+    connection_name: String,
+}
+
+impl std::fmt::Debug for RabbitBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitBus")
+            .field("connection_name", &self.inner.connection_name)
+            .field("config", &self.inner.config)
+            .field("closed", &*self.inner.closed.borrow())
+            .finish()
+    }
+}
+
+impl RabbitBus {
+    /// Connects to the broker at `url` (`amqp://` or `amqps://`, credentials
+    /// and vhost in the URL), naming its connections `connection_name`.
+    /// Fails if the broker cannot be reached now; later losses are
+    /// reconnected.
+    pub async fn connect(url: &str, connection_name: &str, config: RabbitConfig) -> Result<Self, String> {
+        let redacted = busline_core::BrokerUrl::new(url).redacted();
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("amqp" | "amqps")) {
+            return Err(format!("`{redacted}` is not an amqp:// or amqps:// URL"));
+        }
+        let (closed, _) = watch::channel(false);
+        let options = |role: &str| LinkOptions {
+            name: format!("{connection_name} ({role})"),
+            heartbeat: config.heartbeat,
+            min_backoff: config.reconnect_min_backoff,
+            max_backoff: config.reconnect_max_backoff,
+            connect_timeout: config.connect_timeout,
+        };
+        let link = |role: &str| {
+            Link::new(url, redacted.clone(), options(role), closed.clone())
+                .map(Arc::new)
+                .map_err(|e| format!("`{redacted}`: {e}"))
+        };
+        let publish_link = link("publish")?;
+        let consume_link = link("consume")?;
+        // Fail now on a wrong host or credentials rather than at the first
+        // publish.
+        publish_link.connection().await.map_err(|e| e.to_string())?;
+        let publisher = Arc::new(Publisher::new(
+            publish_link.clone(),
+            config.publisher_channels,
+            config.confirm_timeout,
+            closed.subscribe(),
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                topology: Arc::new(Topology::new(config.queue_type)),
+                config,
+                publish_link,
+                consume_link,
+                publisher,
+                closed,
+                connection_name: connection_name.to_owned(),
+            }),
+        })
+    }
+
+    /// The name its connections show in the management UI, followed by
+    /// ` (publish)` or ` (consume)`.
+    pub fn connection_name(&self) -> &str {
+        &self.inner.connection_name
+    }
+
+    /// The backend's tuning.
+    pub fn config(&self) -> &RabbitConfig {
+        &self.inner.config
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.inner.closed.borrow()
+    }
+
+    fn publish_error(&self, topic: &str, failure: Failure) -> PublishError {
+        let kind = match &failure {
+            Failure::Closed => PublishErrorKind::Closed,
+            _ if self.is_closed() => PublishErrorKind::Closed,
+            Failure::Connection(_) => PublishErrorKind::Connection,
+            Failure::Rejected => PublishErrorKind::Rejected,
+            Failure::Unroutable(_) => PublishErrorKind::Unroutable,
+            Failure::Timeout => PublishErrorKind::Timeout,
+            Failure::NotFound(_) => {
+                self.inner.topology.forget_exchange(topic);
+                PublishErrorKind::Connection
+            }
+        };
+        PublishError::new(kind, topic).with_source(failure)
+    }
+
+    async fn ensure_exchange(&self, topic: &str) -> Result<ShortString, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::new(PublishErrorKind::Closed, topic));
+        }
+        let exchange = topology::exchange_name(topic)
+            .map_err(|e| PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e))?;
+        self.inner
+            .topology
+            .ensure_exchange(&self.inner.publish_link, topic)
+            .await
+            .map_err(|e| {
+                let kind = match &e {
+                    TopologyError::Link(LinkError::Closed) => PublishErrorKind::Closed,
+                    TopologyError::InvalidName(_) => PublishErrorKind::InvalidEnvelope,
+                    _ => PublishErrorKind::Connection,
+                };
+                PublishError::new(kind, topic).with_source(e)
+            })?;
+        Ok(exchange)
+    }
+
+    fn outgoing<'a>(
+        &self,
+        topic: &str,
+        exchange: &ShortString,
+        event: &'a RawEvent,
+    ) -> Result<Outgoing<'a>, PublishError> {
+        let invalid = |e: Box<dyn std::error::Error + Send + Sync>| {
+            PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e)
+        };
+        let properties = headers::encode(event).map_err(|e| invalid(e.into()))?;
+        let routing_key = ShortString::try_new(event.event_type.as_str())
+            .map_err(|_| invalid("the event type is longer than 255 bytes".into()))?;
+        Ok(Outgoing {
+            exchange: exchange.clone(),
+            routing_key,
+            properties,
+            body: &event.data.bytes,
+            mandatory: self.inner.config.mandatory,
+        })
+    }
+
+    fn subscribe_error(topic: &str, e: TopologyError) -> SubscribeError {
+        let kind = match &e {
+            TopologyError::InvalidName(_) => SubscribeErrorKind::InvalidName,
+            TopologyError::Link(LinkError::Closed) => SubscribeErrorKind::Closed,
+            TopologyError::Link(LinkError::Connect(_)) => SubscribeErrorKind::Connection,
+            TopologyError::Broker(_) => SubscribeErrorKind::Topology,
+        };
+        SubscribeError::new(kind, topic).with_source(e)
+    }
+}
+
+#[async_trait]
+impl EventBus for RabbitBus {
+    fn capabilities(&self) -> Capabilities {
+        // Competing consumers with prefetch > 1 and requeues reorder events,
+        // and the broker does not deduplicate by message id.
+        Capabilities::none().with_persistent(true)
+    }
+
+    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+        let exchange = self.ensure_exchange(topic).await?;
+        let message = self.outgoing(topic, &exchange, &event)?;
+        self.inner
+            .publisher
+            .publish(message)
+            .await
+            .map_err(|f| self.publish_error(topic, f))
+    }
+
+    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let exchange = self.ensure_exchange(topic).await?;
+        let messages = events
+            .iter()
+            .map(|e| self.outgoing(topic, &exchange, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let publisher = &self.inner.publisher;
+        let pending = publisher
+            .send_all(messages)
+            .await
+            .map_err(|f| self.publish_error(topic, f))?;
+        // Every confirmation is awaited, so none is left pending when the
+        // first failure is reported.
+        publisher
+            .confirm_all(pending)
+            .await
+            .map_err(|f| self.publish_error(topic, f))
+    }
+
+    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        if self.is_closed() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        self.inner
+            .topology
+            .provision(&self.inner.consume_link, topic, group)
+            .await
+            .map_err(|e| Self::subscribe_error(topic, e))
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        self.provision(topic, group).await?;
+        let names = topology::queue_name(topic, group)
+            .and_then(|q| Ok((q, topology::retry_queue_name(topic, group)?)))
+            .map_err(|e| Self::subscribe_error(topic, e))?;
+        let member = Member {
+            link: self.inner.consume_link.clone(),
+            topology: self.inner.topology.clone(),
+            group_name: group.into(),
+            group: Arc::new(GroupContext {
+                topic: topic.into(),
+                queue: names.0,
+                retry_queue: names.1,
+                publisher: self.inner.publisher.clone(),
+                closed: self.inner.closed.subscribe(),
+            }),
+            prefetch: self.inner.config.prefetch_for(options.max_in_flight),
+        };
+        member.start().await.map_err(|e| {
+            let kind = if self.is_closed() {
+                SubscribeErrorKind::Closed
+            } else {
+                SubscribeErrorKind::Connection
+            };
+            SubscribeError::new(kind, topic).with_source(e)
+        })
+    }
+
+    async fn shutdown(&self) {
+        if self.inner.closed.send_replace(true) {
+            return;
+        }
+        // Publishes already sent get their confirmations; new ones fail.
+        self.inner.publisher.close(Duration::from_secs(5)).await;
+        self.inner.publish_link.close().await;
+        self.inner.consume_link.close().await;
+    }
+}

@@ -1,0 +1,210 @@
+//! One AMQP connection that comes back: connected lazily, replaced with
+//! exponential backoff when it is lost, closed once on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::types::LongString;
+use lapin::uri::AMQPUri;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::{watch, Mutex};
+use tokio::time::Instant;
+
+/// Why no connection could be had.
+#[derive(Debug, Clone)]
+pub(crate) enum LinkError {
+    /// The bus is shut down.
+    Closed,
+    /// The broker could not be reached or refused us; already redacted.
+    Connect(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Closed => f.write_str("the bus is shut down"),
+            LinkError::Connect(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+/// A live connection and its generation: a new generation after every
+/// reconnection, so holders of channels can tell theirs is stale.
+pub(crate) struct Live {
+    pub(crate) connection: Connection,
+    pub(crate) generation: u64,
+}
+
+struct State {
+    live: Option<Arc<Live>>,
+    generation: u64,
+    /// When the next connection attempt may be made, and the error that
+    /// made us wait; callers in between fail fast with it instead of piling
+    /// connection attempts onto a broker that is down.
+    retry_at: Option<(Instant, String)>,
+    backoff: Duration,
+}
+
+pub(crate) struct Link {
+    uri: AMQPUri,
+    /// For messages: the URL without its password.
+    redacted: String,
+    name: String,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    connect_timeout: Duration,
+    state: Mutex<State>,
+    closed: watch::Sender<bool>,
+}
+
+/// Options of a link, from the backend's configuration.
+pub(crate) struct LinkOptions {
+    pub(crate) name: String,
+    pub(crate) heartbeat: Duration,
+    pub(crate) min_backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Link {
+    /// A link to `url` (not connected yet); `Err` if the URL is not AMQP.
+    pub(crate) fn new(
+        url: &str,
+        redacted: String,
+        options: LinkOptions,
+        closed: watch::Sender<bool>,
+    ) -> Result<Self, String> {
+        let mut uri: AMQPUri = url.parse()?;
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(u16::try_from(options.heartbeat.as_secs()).unwrap_or(u16::MAX));
+        }
+        if uri.query.connection_timeout.is_none() {
+            uri.query.connection_timeout =
+                Some(u64::try_from(options.connect_timeout.as_millis()).unwrap_or(u64::MAX));
+        }
+        Ok(Self {
+            uri,
+            redacted,
+            name: options.name,
+            min_backoff: options.min_backoff,
+            max_backoff: options.max_backoff.max(options.min_backoff),
+            connect_timeout: options.connect_timeout,
+            state: Mutex::new(State {
+                live: None,
+                generation: 0,
+                retry_at: None,
+                backoff: options.min_backoff,
+            }),
+            closed,
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// The live connection, connecting once if there is none. Concurrent
+    /// callers share one attempt; after a failure, callers fail fast until
+    /// the backoff has passed.
+    pub(crate) async fn connection(&self) -> Result<Arc<Live>, LinkError> {
+        if self.is_closed() {
+            return Err(LinkError::Closed);
+        }
+        let mut state = self.state.lock().await;
+        if self.is_closed() {
+            return Err(LinkError::Closed);
+        }
+        if let Some(live) = &state.live {
+            if live.connection.status().connected() {
+                return Ok(live.clone());
+            }
+        }
+        if let Some((at, error)) = &state.retry_at {
+            if Instant::now() < *at {
+                return Err(LinkError::Connect(error.clone()));
+            }
+        }
+        match self.connect_once().await {
+            Ok(connection) => {
+                state.generation += 1;
+                let live = Arc::new(Live {
+                    connection,
+                    generation: state.generation,
+                });
+                state.live = Some(live.clone());
+                state.retry_at = None;
+                state.backoff = self.min_backoff;
+                if self.is_closed() {
+                    // Shutdown began while we connected: do not leak it.
+                    let _ = live.connection.close(200, "shutdown".into()).await;
+                    state.live = None;
+                    return Err(LinkError::Closed);
+                }
+                Ok(live)
+            }
+            Err(error) => {
+                let wait = state.backoff;
+                state.backoff = (state.backoff * 2).min(self.max_backoff);
+                state.retry_at = Some((Instant::now() + wait, error.clone()));
+                Err(LinkError::Connect(error))
+            }
+        }
+    }
+
+    async fn connect_once(&self) -> Result<Connection, String> {
+        let props =
+            ConnectionProperties::default().with_connection_name(LongString::from(self.name.as_str()));
+        let attempt = Connection::connect_uri(self.uri.clone(), props);
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("connecting to {} failed: {e}", self.redacted)),
+            Err(_) => Err(format!(
+                "connecting to {} timed out after {:?}",
+                self.redacted, self.connect_timeout
+            )),
+        }
+    }
+
+    /// The live connection, waiting through reconnection attempts with
+    /// backoff; `Closed` once the bus shuts down.
+    pub(crate) async fn connection_retrying(&self) -> Result<Arc<Live>, LinkError> {
+        let mut closed = self.closed.subscribe();
+        loop {
+            match self.connection().await {
+                Ok(live) => return Ok(live),
+                Err(LinkError::Closed) => return Err(LinkError::Closed),
+                Err(LinkError::Connect(e)) => {
+                    let wait = {
+                        let state = self.state.lock().await;
+                        state
+                            .retry_at
+                            .as_ref()
+                            .map(|(at, _)| at.saturating_duration_since(Instant::now()))
+                            .unwrap_or(self.min_backoff)
+                    };
+                    tracing::debug!(connection = %self.name, error = %e, ?wait, "broker unreachable; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+                        _ = closed.wait_for(|c| *c) => return Err(LinkError::Closed),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the connection (the bus is shutting down; `closed` is set).
+    pub(crate) async fn close(&self) {
+        let live = self.state.lock().await.live.take();
+        if let Some(live) = live {
+            if live.connection.status().connected() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    live.connection.close(200, "busline shutdown".into()),
+                )
+                .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The envelope as AMQP properties and header table, and back.
+//!
+//! The attribute mapping itself is `busline_core::wire` (AMQP dialect);
+//! this module only converts between its string pairs and AMQP field
+//! values, sets the native properties, and rewrites properties for retries
+//! and dead letters without touching the envelope.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use busline_core::wire::{self, HeaderDialect, NativeAttributes};
+use busline_core::{DeadLetter, EnvelopeError, RawEvent};
+use bytes::Bytes;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+
+/// Delivery attempt of a republished retry. Not part of the envelope (no
+/// `cloudEvents_` prefix), so CloudEvents readers ignore it.
+pub(crate) const ATTEMPT_HEADER: &str = "x-busline-attempt";
+
+/// Persistent delivery mode.
+const PERSISTENT: u8 = 2;
+
+/// Headers the broker adds when it dead-letters (here: when a retry's TTL
+/// expires). They are bookkeeping of the retry queue, not of the event, and
+/// would otherwise grow on every retry.
+fn is_broker_bookkeeping(name: &str) -> bool {
+    name == ATTEMPT_HEADER
+        || name == "x-death"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
+}
+
+fn short(attribute: &str, value: &str) -> Result<ShortString, EnvelopeError> {
+    ShortString::try_new(value).map_err(|_| EnvelopeError::Invalid {
+        attribute: attribute.into(),
+        reason: "longer than the 255 bytes AMQP allows".into(),
+    })
+}
+
+/// The properties an event is published with: the `cloudEvents_` header
+/// table plus the native properties plain AMQP tools show.
+pub(crate) fn encode(event: &RawEvent) -> Result<BasicProperties, EnvelopeError> {
+    let mut table = BTreeMap::new();
+    for (name, value) in wire::encode_headers(event, &HeaderDialect::AMQP)? {
+        table.insert(short(&name, &name)?, AMQPValue::LongString(value.into()));
+    }
+    let mut props = BasicProperties::default()
+        .with_headers(FieldTable::from(table))
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(short(wire::attr::DATACONTENTTYPE, &event.data.content_type)?)
+        .with_timestamp(u64::try_from(event.time.timestamp()).unwrap_or(0));
+    // The native copies are conveniences; where a value does not fit a short
+    // string, the header carries it alone.
+    if let Ok(id) = ShortString::try_new(event.id.as_str()) {
+        props = props.with_message_id(id);
+    }
+    if let Ok(c) = ShortString::try_new(event.correlation_id.as_str()) {
+        props = props.with_correlation_id(c);
+    }
+    if let Ok(t) = ShortString::try_new(event.event_type.as_str()) {
+        props = props.with_type(t);
+    }
+    if let Ok(s) = ShortString::try_new(event.source.as_str()) {
+        props = props.with_app_id(s);
+    }
+    Ok(props)
+}
+
+/// A header value as the bytes `wire::decode_headers` reads; `None` for
+/// values that cannot be an attribute (tables, arrays, void).
+fn value_bytes(value: &AMQPValue) -> Option<Cow<'_, [u8]>> {
+    Some(match value {
+        AMQPValue::LongString(s) => Cow::Borrowed(s.as_bytes()),
+        AMQPValue::ShortString(s) => Cow::Borrowed(s.as_str().as_bytes()),
+        AMQPValue::ByteArray(b) => Cow::Borrowed(b.as_slice()),
+        AMQPValue::Boolean(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::ShortShortInt(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::ShortShortUInt(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::ShortInt(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::ShortUInt(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::LongInt(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::LongUInt(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::LongLongInt(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::Timestamp(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::Float(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::Double(v) => Cow::Owned(v.to_string().into_bytes()),
+        AMQPValue::DecimalValue(_)
+        | AMQPValue::FieldArray(_)
+        | AMQPValue::FieldTable(_)
+        | AMQPValue::Void => return None,
+    })
+}
+
+/// Reads the envelope of a received message; a typed error for poison.
+pub(crate) fn decode(props: &BasicProperties, body: Bytes) -> Result<RawEvent, EnvelopeError> {
+    let empty = FieldTable::default();
+    let table = props.headers().as_ref().unwrap_or(&empty);
+    let pairs: Vec<(&str, Cow<'_, [u8]>)> = table
+        .inner()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), value_bytes(v)?)))
+        .collect();
+    wire::decode_headers(
+        &HeaderDialect::AMQP,
+        pairs.iter().map(|(k, v)| (*k, v.as_ref())),
+        NativeAttributes {
+            content_type: props.content_type().as_ref().map(ShortString::as_str),
+            key: None,
+        },
+        body,
+    )
+}
+
+/// The attempt number of a delivery: the attempt a retry was republished
+/// with (1 for a first publish), plus one when the broker redelivers it
+/// after a consumer went away without settling it.
+pub(crate) fn attempt(props: &BasicProperties, redelivered: bool) -> u32 {
+    let stamped = props
+        .headers()
+        .as_ref()
+        .and_then(|t| t.inner().get(ATTEMPT_HEADER))
+        .and_then(value_bytes)
+        .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    stamped.saturating_add(u32::from(redelivered))
+}
+
+/// A copy of `props` with `headers` and `expiration`, persistent. `user_id`
+/// is dropped: the broker checks it against the republishing connection's
+/// user.
+fn rebuild(props: &BasicProperties, headers: FieldTable, expiration: Option<ShortString>) -> BasicProperties {
+    let mut out = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT);
+    macro_rules! copy {
+        ($($get:ident => $set:ident),*) => {$(
+            if let Some(v) = props.$get() {
+                out = out.$set(v.clone());
+            }
+        )*};
+    }
+    copy!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id
+    );
+    if let Some(e) = expiration {
+        out = out.with_expiration(e);
+    }
+    out
+}
+
+fn own_headers(props: &BasicProperties) -> BTreeMap<ShortString, AMQPValue> {
+    props
+        .headers()
+        .as_ref()
+        .map(|t| {
+            t.inner()
+                .iter()
+                .filter(|(k, _)| !is_broker_bookkeeping(k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The properties of a retry: the same message, stamped with its next
+/// attempt number, expiring after `delay_ms` in the retry queue (none for
+/// an immediate retry).
+pub(crate) fn for_retry(
+    props: &BasicProperties,
+    next_attempt: u32,
+    delay_ms: Option<u64>,
+) -> BasicProperties {
+    let mut headers = own_headers(props);
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(next_attempt));
+    rebuild(
+        props,
+        FieldTable::from(headers),
+        delay_ms.map(|ms| ShortString::from(ms.to_string())),
+    )
+}
+
+/// The properties of a dead letter: the message's own headers, byte for
+/// byte, plus the letter's attributes as `cloudEvents_deadletter…` headers
+/// (replacing those of an earlier dead-lettering). Works on raw headers, so
+/// an unreadable envelope is dead-lettered as it is.
+pub(crate) fn for_dead_letter(props: &BasicProperties, letter: &DeadLetter) -> BasicProperties {
+    let mut headers = own_headers(props);
+    for (name, value) in letter.attributes() {
+        let header = HeaderDialect::AMQP.header(name);
+        headers.retain(|k, _| !k.as_str().eq_ignore_ascii_case(&header));
+        headers.insert(
+            ShortString::from(header),
+            AMQPValue::LongString(LongString::from(value.into_bytes())),
+        );
+    }
+    rebuild(props, FieldTable::from(headers), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use busline_core::{DeadLetterReason, Payload};
+    use chrono::Utc;
+
+    use super::*;
+
+    fn raw(event_type: &str) -> RawEvent {
+        let id = busline_core::new_event_id();
+        RawEvent {
+            correlation_id: id.clone(),
+            id,
+            event_type: event_type.into(),
+            version: 2,
+            source: "svc".into(),
+            time: Utc::now(),
+            causation_id: Some("cause".into()),
+            key: Some("k-1".into()),
+            extensions: [("tenant".to_owned(), "acme".to_owned())].into(),
+            data: Payload {
+                content_type: "application/json".into(),
+                bytes: Bytes::from_static(b"{\"a\":1}"),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_with_native_properties() {
+        let event = raw("order.created");
+        let props = encode(&event).unwrap();
+        assert_eq!(props.message_id().as_ref().unwrap().as_str(), event.id);
+        assert_eq!(props.kind().as_ref().unwrap().as_str(), "order.created");
+        assert_eq!(props.app_id().as_ref().unwrap().as_str(), "svc");
+        assert_eq!(*props.delivery_mode(), Some(2));
+        let back = decode(&props, event.data.bytes.clone()).unwrap();
+        assert_eq!(back, event);
+        assert_eq!(attempt(&props, false), 1);
+        assert_eq!(attempt(&props, true), 2);
+    }
+
+    #[test]
+    fn short_string_headers_are_read_too() {
+        let event = raw("t");
+        let props = encode(&event).unwrap();
+        let table: BTreeMap<ShortString, AMQPValue> = props
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .iter()
+            .map(|(k, v)| match v {
+                AMQPValue::LongString(s) => (k.clone(), AMQPValue::ShortString(s.to_string().into())),
+                other => (k.clone(), other.clone()),
+            })
+            .collect();
+        let props = props.with_headers(table.into());
+        assert_eq!(decode(&props, event.data.bytes.clone()).unwrap(), event);
+    }
+
+    #[test]
+    fn retries_stamp_the_attempt_and_drop_broker_bookkeeping() {
+        let event = raw("t");
+        let mut headers = own_headers(&encode(&event).unwrap());
+        headers.insert("x-death".into(), AMQPValue::Void);
+        let props = encode(&event).unwrap().with_headers(headers.into());
+        let retry = for_retry(&props, 3, Some(250));
+        assert_eq!(attempt(&retry, false), 3);
+        assert_eq!(retry.expiration().as_ref().unwrap().as_str(), "250");
+        assert!(!retry.headers().as_ref().unwrap().contains_key("x-death"));
+        assert_eq!(decode(&retry, event.data.bytes.clone()).unwrap(), event);
+        assert!(for_retry(&props, 2, None).expiration().is_none());
+    }
+
+    #[test]
+    fn dead_letters_keep_the_envelope_and_gain_the_attributes() {
+        let event = raw("t");
+        let props = for_retry(&encode(&event).unwrap(), 3, Some(5));
+        let letter = DeadLetter {
+            reason: DeadLetterReason::MaxAttemptsExceeded,
+            error: "boom".into(),
+            topic: "orders".into(),
+            group: "billing".into(),
+            attempts: 3,
+            failed_at: Utc::now(),
+        };
+        let dead = for_dead_letter(&props, &letter);
+        assert!(dead.expiration().is_none());
+        assert_eq!(attempt(&dead, false), 1, "a dead letter starts its own attempts");
+        let back = decode(&dead, event.data.bytes.clone()).unwrap();
+        assert_eq!(DeadLetter::read(&back).unwrap().reason, letter.reason);
+        let mut stripped = back.clone();
+        DeadLetter::strip(&mut stripped);
+        assert_eq!(stripped, event);
+    }
+}

@@ -1,0 +1,264 @@
+//! Exchanges and queues: a durable topic exchange per topic, a durable
+//! queue per (topic, group) bound with `#`, a retry queue per group whose
+//! expired messages dead-letter back into the group's queue, and the same
+//! for the group's dead-letter topic. Every declaration is idempotent.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use busline_core::dead_letter_topic;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::QueueType;
+use crate::connection::{Link, LinkError};
+
+/// Why a topology could not be declared.
+#[derive(Debug)]
+pub(crate) enum TopologyError {
+    /// A name the broker cannot take (too long, reserved).
+    InvalidName(String),
+    /// No connection.
+    Link(LinkError),
+    /// The broker refused a declaration (e.g. a queue of another type
+    /// exists) or the channel failed.
+    Broker(lapin::Error),
+}
+
+impl std::fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopologyError::InvalidName(n) => write!(f, "invalid name: {n}"),
+            TopologyError::Link(e) => e.fmt(f),
+            TopologyError::Broker(e) => write!(f, "declaration refused: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TopologyError {}
+
+/// The exchange of `topic`: the topic's own name, so plain AMQP clients
+/// publish to it by name.
+pub(crate) fn exchange_name(topic: &str) -> Result<ShortString, TopologyError> {
+    if topic.is_empty() || topic.starts_with("amq.") {
+        return Err(TopologyError::InvalidName(format!(
+            "topic `{topic}` (empty, or in the broker's reserved `amq.` namespace)"
+        )));
+    }
+    ShortString::try_new(topic)
+        .map_err(|_| TopologyError::InvalidName(format!("topic `{topic}` is longer than 255 bytes")))
+}
+
+/// The queue of `group` on `topic`: `<topic>::<group>`. Topics contain
+/// dots, so the separator is one a dotted name cannot fake as easily.
+pub(crate) fn queue_name(topic: &str, group: &str) -> Result<ShortString, TopologyError> {
+    if group.is_empty() {
+        return Err(TopologyError::InvalidName("empty group".into()));
+    }
+    named(format!("{topic}::{group}"))
+}
+
+/// The retry queue of `group` on `topic`: `<topic>::<group>::retry`.
+pub(crate) fn retry_queue_name(topic: &str, group: &str) -> Result<ShortString, TopologyError> {
+    named(format!("{topic}::{group}::retry"))
+}
+
+fn named(name: String) -> Result<ShortString, TopologyError> {
+    if name.starts_with("amq.") {
+        return Err(TopologyError::InvalidName(format!(
+            "`{name}` is reserved by the broker"
+        )));
+    }
+    ShortString::try_new(name.as_str())
+        .map_err(|_| TopologyError::InvalidName(format!("`{name}` is longer than 255 bytes")))
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// Declares what this process has used, once per connection generation.
+pub(crate) struct Topology {
+    queue_type: QueueType,
+    /// (generation, exchanges declared on it).
+    exchanges: Mutex<(u64, HashSet<String>)>,
+    /// (generation, (topic, group) pairs provisioned on it).
+    groups: Mutex<(u64, HashSet<(String, String)>)>,
+}
+
+impl Topology {
+    pub(crate) fn new(queue_type: QueueType) -> Self {
+        Self {
+            queue_type,
+            exchanges: Mutex::default(),
+            groups: Mutex::default(),
+        }
+    }
+
+    fn seen<T: std::hash::Hash + Eq>(cache: &Mutex<(u64, HashSet<T>)>, generation: u64, item: &T) -> bool {
+        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.0 != generation {
+            // A new connection may be to a broker that lost its state:
+            // declare again.
+            *c = (generation, HashSet::new());
+        }
+        c.1.contains(item)
+    }
+
+    fn remember<T: std::hash::Hash + Eq>(cache: &Mutex<(u64, HashSet<T>)>, generation: u64, item: T) {
+        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.0 == generation {
+            c.1.insert(item);
+        }
+    }
+
+    /// Forgets a declared exchange (the broker said it does not exist).
+    pub(crate) fn forget_exchange(&self, topic: &str) {
+        self.exchanges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .remove(topic);
+    }
+
+    /// Makes sure the exchange of `topic` exists before publishing to it.
+    pub(crate) async fn ensure_exchange(&self, link: &Link, topic: &str) -> Result<(), TopologyError> {
+        let name = exchange_name(topic)?;
+        let live = link.connection().await.map_err(TopologyError::Link)?;
+        if Self::seen(&self.exchanges, live.generation, &topic.to_owned()) {
+            return Ok(());
+        }
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(TopologyError::Broker)?;
+        let result = declare_exchange(&channel, name).await;
+        let _ = channel.close(200, "declared".into()).await;
+        result?;
+        Self::remember(&self.exchanges, live.generation, topic.to_owned());
+        Ok(())
+    }
+
+    /// Declares `group` on `topic` and on its dead-letter topic.
+    pub(crate) async fn provision(&self, link: &Link, topic: &str, group: &str) -> Result<(), TopologyError> {
+        let key = (topic.to_owned(), group.to_owned());
+        let live = link.connection().await.map_err(TopologyError::Link)?;
+        if Self::seen(&self.groups, live.generation, &key) {
+            return Ok(());
+        }
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(TopologyError::Broker)?;
+        let result = self.declare_with_dlq(&channel, topic, group).await;
+        let _ = channel.close(200, "declared".into()).await;
+        result?;
+        Self::remember(&self.groups, live.generation, key);
+        Ok(())
+    }
+
+    /// Declares `group` on `topic` and its dead-letter topic on `channel`,
+    /// without the cache: consumers call it on every (re)connection.
+    pub(crate) async fn declare_with_dlq(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        group: &str,
+    ) -> Result<(), TopologyError> {
+        let dlq = dead_letter_topic(topic, group);
+        self.declare_group(channel, &dlq, group).await?;
+        self.declare_group(channel, topic, group).await
+    }
+
+    /// Exchange, group queue (bound with `#`), retry queue.
+    async fn declare_group(&self, channel: &Channel, topic: &str, group: &str) -> Result<(), TopologyError> {
+        let exchange = exchange_name(topic)?;
+        let queue = queue_name(topic, group)?;
+        let retry = retry_queue_name(topic, group)?;
+        declare_exchange(channel, exchange.clone()).await?;
+
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text(self.queue_type.as_str()));
+        // A message the broker itself gives up on (a quorum queue's delivery
+        // limit, a reject without requeue by another client) lands in the
+        // group's DLQ instead of vanishing. Every group queue has the same
+        // argument, so redeclaring the DLQ's own group queue never conflicts.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            text(&dead_letter_topic(topic, group)),
+        );
+        channel
+            .queue_declare(queue.clone(), QueueDeclareOptions::durable(), args)
+            .await
+            .map_err(TopologyError::Broker)?;
+        channel
+            .queue_bind(
+                queue.clone(),
+                exchange,
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(TopologyError::Broker)?;
+
+        // Retries wait here with a per-message TTL and then dead-letter,
+        // through the default exchange, back into the group's queue: delayed
+        // redelivery without broker plugins. A TTL only expires at the head
+        // of the queue, so a delay is never shorter than asked, but may be
+        // longer behind a longer one.
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text(self.queue_type.as_str()));
+        args.insert("x-dead-letter-exchange".into(), text(""));
+        args.insert("x-dead-letter-routing-key".into(), text(queue.as_str()));
+        if self.queue_type == QueueType::Quorum {
+            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            args.insert("x-overflow".into(), text("reject-publish"));
+        }
+        channel
+            .queue_declare(retry, QueueDeclareOptions::durable(), args)
+            .await
+            .map_err(TopologyError::Broker)?;
+        Ok(())
+    }
+}
+
+async fn declare_exchange(channel: &Channel, name: ShortString) -> Result<(), TopologyError> {
+    channel
+        .exchange_declare(
+            name,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(TopologyError::Broker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(exchange_name("orders").unwrap().as_str(), "orders");
+        assert_eq!(
+            queue_name("orders.eu", "billing").unwrap().as_str(),
+            "orders.eu::billing"
+        );
+        assert_eq!(
+            retry_queue_name("orders", "billing").unwrap().as_str(),
+            "orders::billing::retry"
+        );
+        assert!(exchange_name("").is_err());
+        assert!(exchange_name("amq.topic").is_err());
+        assert!(queue_name("orders", "").is_err());
+        assert!(queue_name(&"x".repeat(300), "g").is_err());
+    }
+}
