@@ -18,6 +18,13 @@ use crate::{EnvelopeError, RawEvent, SettleError};
 pub trait Acknowledge: Send + 'static {
     /// The event is handled; the broker forgets it.
     async fn ack(self: Box<Self>) -> Result<(), SettleError>;
+    /// Acknowledges at once, without waiting, where the backend can (no I/O
+    /// to wait for, as in memory or a Kafka offset store); `None` where it
+    /// cannot, and the caller then uses [`ack`](Self::ack). After `Some`,
+    /// dropping the acknowledger must do nothing.
+    fn try_ack_now(&mut self) -> Option<Result<(), SettleError>> {
+        None
+    }
     /// Deliver the event again after `retry_after`, with the attempt number
     /// one higher.
     async fn nack(self: Box<Self>, retry_after: Duration) -> Result<(), SettleError>;
@@ -49,6 +56,16 @@ impl Acker {
     /// Acknowledges: the event is handled.
     pub async fn ack(self) -> Result<(), SettleError> {
         self.inner.ack().await
+    }
+
+    /// Acknowledges without waiting where the backend can; gives the acker
+    /// back where it cannot (then use [`ack`](Self::ack)). Saves a future
+    /// per event on backends that settle in memory.
+    pub fn ack_now(mut self) -> Result<Result<(), SettleError>, Acker> {
+        match self.inner.try_ack_now() {
+            Some(result) => Ok(result),
+            None => Err(self),
+        }
     }
 
     /// Asks for redelivery after `retry_after`.

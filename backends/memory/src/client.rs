@@ -1,8 +1,11 @@
 //! A client connection to a [`MemoryBroker`]: the `EventBus` of the memory
 //! backend.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use busline_core::{
@@ -10,6 +13,7 @@ use busline_core::{
     PublishErrorKind, RawEvent, SettleError, SubscribeError, SubscribeErrorKind, SubscribeOptions,
     Subscription,
 };
+use futures::Stream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::message::{Stored, WireMessage};
@@ -148,13 +152,10 @@ impl EventBus for MemoryBus {
             topic: topic.into(),
             group: group.into(),
         };
-        Ok(Subscription::new(futures::stream::unfold(
-            member,
-            |member| async move {
-                let delivery = member.next().await?;
-                Some((Ok::<_, ConsumeError>(delivery), member))
-            },
-        )))
+        Ok(Subscription::new(MemberStream {
+            member: Arc::new(member),
+            waiting: None,
+        }))
     }
 
     async fn shutdown(&self) {
@@ -173,7 +174,42 @@ struct Member {
     group: Arc<str>,
 }
 
+/// A member's deliveries: taken straight from the queue while there are
+/// some and in-flight room, and only otherwise through a future that waits
+/// (so the busy path builds no future per delivery).
+struct MemberStream {
+    member: Arc<Member>,
+    waiting: Option<Pin<Box<dyn Future<Output = Option<Delivery>> + Send>>>,
+}
+
+impl Stream for MemberStream {
+    type Item = Result<Delivery, ConsumeError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.waiting.is_none() {
+            if self.member.closed.is_set() {
+                return Poll::Ready(None);
+            }
+            if let Some(delivery) = self.member.try_next() {
+                return Poll::Ready(Some(Ok(delivery)));
+            }
+            let member = self.member.clone();
+            self.waiting = Some(Box::pin(async move { member.next().await }));
+        }
+        let next = std::task::ready!(self.waiting.as_mut().expect("set above").as_mut().poll(cx));
+        self.waiting = None;
+        Poll::Ready(next.map(Ok))
+    }
+}
+
 impl Member {
+    /// The next delivery if one is ready and there is in-flight room.
+    fn try_next(&self) -> Option<Delivery> {
+        let permit = self.in_flight.clone().try_acquire_owned().ok()?;
+        let entry = self.queue.try_pop()?;
+        Some(self.deliver(entry, permit))
+    }
+
     /// The next delivery, or `None` once the client is closed.
     async fn next(&self) -> Option<Delivery> {
         if self.closed.is_set() {
@@ -244,9 +280,13 @@ impl MemoryAcker {
 #[async_trait]
 impl Acknowledge for MemoryAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), SettleError> {
-        let entry = self.take();
+        self.try_ack_now().unwrap_or(Ok(()))
+    }
+
+    fn try_ack_now(&mut self) -> Option<Result<(), SettleError>> {
+        let entry = self.entry.take()?;
         self.queue.settle(entry.key.as_ref());
-        Ok(())
+        Some(Ok(()))
     }
 
     async fn nack(mut self: Box<Self>, retry_after: Duration) -> Result<(), SettleError> {

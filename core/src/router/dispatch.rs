@@ -155,6 +155,30 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Settles a delivery as decided and counts it: at once where the backend
+/// acknowledges without waiting, else through the returned future.
+pub(crate) fn settle_now(
+    acker: Acker,
+    decision: Decision,
+    shared: &Arc<Shared>,
+) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+    let (acker, decision) = match decision {
+        Decision::Ack => match acker.ack_now() {
+            Ok(result) => {
+                shared.counters.handled.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = result {
+                    shared.counters.settle_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(group = %shared.group, error = %e, "acknowledging failed; the broker will redeliver");
+                }
+                return None;
+            }
+            Err(acker) => (acker, Decision::Ack),
+        },
+        other => (acker, other),
+    };
+    Some(settle(acker, decision, shared.clone()))
+}
+
 /// Settles a delivery as decided and counts it.
 pub(crate) fn settle(
     acker: Acker,

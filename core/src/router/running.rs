@@ -166,20 +166,26 @@ async fn consume(
                 // right here, without a task of their own. One that waits
                 // continues as a task, so slow handlers run concurrently up
                 // to the in-flight bound.
-                let mut settling = match dispatch::begin(delivery, &topic, &routes, &shared) {
+                let settling = match dispatch::begin(delivery, &topic, &routes, &shared) {
                     dispatch::Start::Settle(acker, decision) => {
-                        dispatch::settle(acker, decision, shared.clone())
+                        dispatch::settle_now(acker, decision, &shared)
                     }
                     dispatch::Start::Run(acker, mut call) => match dispatch::poll_once(&mut call).await {
                         Some(ended) => {
                             let decision = dispatch::decide(ended, acker.attempt(), &shared);
-                            dispatch::settle(acker, decision, shared.clone())
+                            dispatch::settle_now(acker, decision, &shared)
                         }
-                        None => Box::pin(dispatch::finish(acker, call, shared.clone())),
+                        None => {
+                            let rest: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                                Box::pin(dispatch::finish(acker, call, shared.clone()));
+                            Some(rest)
+                        }
                     },
                 };
-                if futures::poll!(settling.as_mut()).is_pending() {
-                    tasks.spawn(settling);
+                if let Some(mut settling) = settling {
+                    if futures::poll!(settling.as_mut()).is_pending() {
+                        tasks.spawn(settling);
+                    }
                 }
             }
             Some(Err(e)) => break Err(e),
