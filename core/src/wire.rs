@@ -189,31 +189,58 @@ pub fn encode_headers(
     event: &RawEvent,
     dialect: &HeaderDialect,
 ) -> Result<Vec<(String, String)>, EnvelopeError> {
-    validate(event)?;
     let mut out = Vec::with_capacity(10 + event.extensions.len());
-    let mut put = |name: &str, value: &str| out.push((dialect.header(name), dialect.encode_value(value)));
-    put(attr::SPECVERSION, SPEC_VERSION);
-    put(attr::ID, &event.id);
-    put(attr::TYPE, &event.event_type);
-    put(attr::SOURCE, &event.source);
-    put(attr::TIME, &format_time(&event.time));
-    put(attr::DATAVERSION, &event.version.to_string());
-    put(attr::CORRELATIONID, &event.correlation_id);
+    for_each_header(event, dialect, |name, value| {
+        out.push((name.to_owned(), value.to_owned()))
+    })?;
+    Ok(out)
+}
+
+/// Hands every header of `event` in `dialect` to `put` as (name, value),
+/// as [`encode_headers`] lists them, without building a list: names are
+/// written into one reused buffer and values are borrowed unless the dialect
+/// encodes them, so a backend can fill its own header map with no
+/// intermediate allocations. Validates the envelope first.
+pub fn for_each_header(
+    event: &RawEvent,
+    dialect: &HeaderDialect,
+    mut put: impl FnMut(&str, &str),
+) -> Result<(), EnvelopeError> {
+    validate(event)?;
+    let mut name_buf = String::with_capacity(dialect.prefix.len() + 24);
+    let mut emit = |name: &str, value: &str| {
+        name_buf.clear();
+        name_buf.push_str(dialect.prefix);
+        name_buf.push_str(name);
+        if dialect.percent_encode {
+            let encoded: std::borrow::Cow<'_, str> = utf8_percent_encode(value, NATS_VALUE).into();
+            put(&name_buf, &encoded);
+        } else {
+            put(&name_buf, value);
+        }
+    };
+    emit(attr::SPECVERSION, SPEC_VERSION);
+    emit(attr::ID, &event.id);
+    emit(attr::TYPE, &event.event_type);
+    emit(attr::SOURCE, &event.source);
+    emit(attr::TIME, &format_time(&event.time));
+    emit(attr::DATAVERSION, itoa::Buffer::new().format(event.version));
+    emit(attr::CORRELATIONID, &event.correlation_id);
     if let Some(c) = &event.causation_id {
-        put(attr::CAUSATIONID, c);
+        emit(attr::CAUSATIONID, c);
     }
     if dialect.key_in_headers {
         if let Some(k) = &event.key {
-            put(attr::PARTITIONKEY, k);
+            emit(attr::PARTITIONKEY, k);
         }
     }
     for (name, value) in &event.extensions {
-        put(name, value);
+        emit(name, value);
     }
     if let Some(h) = dialect.content_type_header {
-        out.push((h.to_owned(), event.data.content_type.clone()));
+        put(h, &event.data.content_type);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// What a broker carries outside its header table.
@@ -242,6 +269,20 @@ pub fn decode_headers<'h, I>(
 where
     I: IntoIterator<Item = (&'h str, &'h [u8])>,
 {
+    // Known attributes go to their slot; only extensions are kept by name.
+    const KNOWN: [&str; 10] = [
+        attr::SPECVERSION,
+        attr::ID,
+        attr::TYPE,
+        attr::SOURCE,
+        attr::TIME,
+        attr::DATAVERSION,
+        attr::CORRELATIONID,
+        attr::CAUSATIONID,
+        attr::PARTITIONKEY,
+        attr::DATACONTENTTYPE,
+    ];
+    let mut known: [Option<String>; 10] = Default::default();
     let mut attrs: BTreeMap<String, String> = BTreeMap::new();
     let mut content_type_header = None;
     let prefix = dialect.prefix;
@@ -267,19 +308,35 @@ where
         if !head.eq_ignore_ascii_case(prefix) {
             continue;
         }
-        let attribute = name[prefix.len()..].to_ascii_lowercase();
+        let attribute = &name[prefix.len()..];
+        let attribute: std::borrow::Cow<'_, str> = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
+            attribute.to_ascii_lowercase().into()
+        } else {
+            attribute.into()
+        };
         if !is_valid_attribute_name(&attribute) {
             return Err(EnvelopeError::InvalidName {
                 name: name.to_owned(),
             });
         }
         let value = dialect.decode_value(&attribute, raw)?;
-        if attrs.insert(attribute.clone(), value).is_some() {
-            return Err(EnvelopeError::Duplicate { attribute });
+        let duplicate = match KNOWN.iter().position(|k| *k == attribute) {
+            Some(i) => known[i].replace(value).is_some(),
+            None => attrs.insert(attribute.to_string(), value).is_some(),
+        };
+        if duplicate {
+            return Err(EnvelopeError::Duplicate {
+                attribute: attribute.into_owned(),
+            });
         }
     }
 
-    let mut take = |name: &str| attrs.remove(name);
+    let mut take = |name: &str| {
+        KNOWN
+            .iter()
+            .position(|k| *k == name)
+            .and_then(|i| known[i].take())
+    };
     let required = |v: Option<String>, name: &str| match v {
         Some(v) if !v.is_empty() => Ok(v),
         Some(_) => Err(EnvelopeError::invalid(name, "empty")),

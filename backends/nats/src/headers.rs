@@ -13,9 +13,7 @@ pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 /// The headers of `event`, its `Nats-Msg-Id` included.
 pub(crate) fn encode(event: &RawEvent) -> Result<HeaderMap, EnvelopeError> {
     let mut map = HeaderMap::new();
-    for (name, value) in wire::encode_headers(event, &HeaderDialect::NATS)? {
-        map.insert(name.as_str(), value);
-    }
+    wire::for_each_header(event, &HeaderDialect::NATS, |name, value| map.insert(name, value))?;
     map.insert(MSG_ID, msg_id(event));
     Ok(map)
 }
@@ -70,34 +68,15 @@ pub(crate) fn dead_letter(original: Option<&HeaderMap>, letter: &DeadLetter, msg
     map
 }
 
-/// The letter's attributes in the NATS dialect, encoded by the core's
-/// mapping: they are written as the extensions of a minimal envelope and
-/// picked out of its headers, so names and percent-encoding match the rest.
+/// The letter's attributes in the NATS dialect: `ce-` names and
+/// percent-encoded values, as the core's mapping writes every attribute.
 fn letter_headers(letter: &DeadLetter) -> Vec<(String, String)> {
-    let mut carrier = RawEvent {
-        id: "letter".into(),
-        event_type: "letter".into(),
-        version: 1,
-        source: "busline".into(),
-        time: letter.failed_at,
-        correlation_id: "letter".into(),
-        causation_id: None,
-        key: None,
-        extensions: Default::default(),
-        data: busline_core::Payload {
-            content_type: "application/octet-stream".into(),
-            bytes: Bytes::new(),
-        },
-    };
-    letter.stamp(&mut carrier);
-    let wanted: Vec<String> = letter
+    let nats = HeaderDialect::NATS;
+    letter
         .attributes()
         .iter()
-        .map(|(n, _)| HeaderDialect::NATS.header(n))
-        .collect();
-    wire::encode_headers(&carrier, &HeaderDialect::NATS)
-        .map(|hs| hs.into_iter().filter(|(n, _)| wanted.contains(n)).collect())
-        .unwrap_or_default()
+        .map(|(name, value)| (nats.header(name), nats.encode_value(value)))
+        .collect()
 }
 
 #[cfg(test)]
