@@ -42,8 +42,17 @@ fn short(attribute: &str, value: &str) -> Result<ShortString, EnvelopeError> {
 /// table plus the native properties plain AMQP tools show.
 pub(crate) fn encode(event: &RawEvent) -> Result<BasicProperties, EnvelopeError> {
     let mut table = BTreeMap::new();
-    for (name, value) in wire::encode_headers(event, &HeaderDialect::AMQP)? {
-        table.insert(short(&name, &name)?, AMQPValue::LongString(value.into()));
+    let mut too_long = None;
+    wire::for_each_header(event, &HeaderDialect::AMQP, |name, value| {
+        match short(name, name) {
+            Ok(name) => {
+                table.insert(name, AMQPValue::LongString(value.into()));
+            }
+            Err(e) => too_long = Some(e),
+        }
+    })?;
+    if let Some(e) = too_long {
+        return Err(e);
     }
     let mut props = BasicProperties::default()
         .with_headers(FieldTable::from(table))
