@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Brings up the brokers the tests talk to, on this machine, idempotently:
-# RabbitMQ on 127.0.0.1:5672 (guest/guest) and NATS with JetStream on
-# 127.0.0.1:4222 are started only when their port is closed (installed from
-# Debian's packages first if missing); a second, restartable NATS on 4223
-# serves the broker-restart test. Nothing already running is touched.
+# Brings up the services the tests talk to, on this machine, idempotently:
+# RabbitMQ on 127.0.0.1:5672 (guest/guest), NATS with JetStream on
+# 127.0.0.1:4222 and PostgreSQL on 127.0.0.1:5432 (the dedup store) are
+# started only when their port is closed (installed from Debian's packages
+# first if missing); a second, restartable NATS on 4223 serves the
+# broker-restart test. Nothing already running is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,5 +49,20 @@ if ! port_open 4222; then
     wait_port 4222 NATS 60
 fi
 
+if ! port_open 5432; then
+    # A fresh machine: Debian's PostgreSQL, with a password for TCP logins
+    # and the database the dedup-store tests use.
+    echo "starting PostgreSQL"
+    need pg_ctlcluster postgresql
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    # The package may have started it already.
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    wait_port 5432 PostgreSQL 60
+    su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
+fi
+if ! su postgres -c "psql -lqt" 2>/dev/null | cut -d'|' -f1 | grep -qw test; then
+    su postgres -c "createdb test" 2>/dev/null || true
+fi
+
 bash .ci/nats-restartable.sh start
-echo "brokers up: RabbitMQ 127.0.0.1:5672, NATS 127.0.0.1:4222, restartable NATS 127.0.0.1:4223"
+echo "brokers up: RabbitMQ 127.0.0.1:5672, NATS 127.0.0.1:4222 (+ restartable on 4223), PostgreSQL 127.0.0.1:5432"

@@ -30,7 +30,9 @@
 //! ```
 //!
 //! Backends are cargo features: `memory` (default), `rabbitmq`, `nats`,
-//! `kafka`; codecs: `json` (default), `msgpack`.
+//! `kafka`; codecs: `json` (default), `msgpack` (default); the resilience and
+//! observability layers of [`layers`]: `layers` (default), `postgres`,
+//! `opentelemetry`.
 
 #![deny(missing_docs)]
 
@@ -44,6 +46,9 @@ pub use busline_nats as nats;
 
 #[cfg(feature = "rabbitmq")]
 pub use busline_rabbitmq as rabbitmq;
+
+#[cfg(feature = "layers")]
+pub use busline_layers as layers;
 
 /// Connects the backend the configuration's URL names.
 ///

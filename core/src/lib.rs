@@ -53,7 +53,9 @@ pub use event::{new_event_id, DomainEvent, Event, Payload, RawEvent};
 pub use replay::{Repair, ReplayError, ReplayOptions, ReplayReport, REPLAY_COUNT};
 pub use retry::{RetryDecision, RetryPolicy};
 pub use router::{
-    Context, FailureKind, Handler, HandlerError, Router, RouterError, RouterStats, RunningRouter,
+    Context, Either, FailureKind, Gate, GateState, Handler, HandlerError, HandlerOptions, Identity, Layer,
+    Outcome, Router, RouterError, RouterObserver, RouterStats, RunningRouter, Settled, Stack,
+    SKIP_UNKNOWN_EVENT_TYPE,
 };
 pub use transport::{Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
 

@@ -17,14 +17,15 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
+use super::observe::{Outcome, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 use super::running::{RouteTable, Shared};
-use super::{Context, HandlerError};
-use crate::{Acker, DeadLetterReason, Delivery, RetryDecision, UnknownEventAction};
+use super::{Context, FailureKind, HandlerError};
+use crate::{Acker, DeadLetterReason, Delivery, RetryDecision, RetryPolicy, UnknownEventAction};
 
 /// How a delivery is settled.
 pub(crate) enum Decision {
     Ack,
-    Skip,
+    Skip { reason: &'static str },
     Retry { after: Duration, error: String },
     DeadLetter { reason: DeadLetterReason, error: String },
     Abandon,
@@ -34,8 +35,13 @@ pub(crate) enum Decision {
 pub(crate) enum Start {
     /// Settled without running a handler (poison, unknown type, refused).
     Settle(Acker, Decision),
-    /// Run this handler call, then settle by its outcome.
-    Run(Acker, BoxFuture<'static, Result<(), HandlerError>>),
+    /// Run this handler call, then settle by its outcome (under the route's
+    /// own retry policy, if it has one).
+    Run(
+        Acker,
+        BoxFuture<'static, Result<(), HandlerError>>,
+        Option<Arc<RetryPolicy>>,
+    ),
 }
 
 /// The result of a handler call that ended: its own result or its panic.
@@ -56,7 +62,9 @@ pub(crate) fn begin(delivery: Delivery, topic: &Arc<str>, routes: &RouteTable, s
     };
     let Some(route) = routes.get(raw.event_type.as_str()) else {
         let decision = match shared.settings.dead_letter.unknown_event {
-            UnknownEventAction::Ack => Decision::Skip,
+            UnknownEventAction::Ack => Decision::Skip {
+                reason: SKIP_UNKNOWN_EVENT_TYPE,
+            },
             UnknownEventAction::DeadLetter => Decision::DeadLetter {
                 reason: DeadLetterReason::UnknownEventType,
                 error: format!("no handler for `{}` in group `{}`", raw.event_type, shared.group),
@@ -74,7 +82,7 @@ pub(crate) fn begin(delivery: Delivery, topic: &Arc<str>, routes: &RouteTable, s
     );
     match route.prepare(raw, shared.bus.codecs(), ctx) {
         Err((reason, error)) => Start::Settle(acker, Decision::DeadLetter { reason, error }),
-        Ok(call) => Start::Run(acker, call),
+        Ok(call) => Start::Run(acker, call, route.retry().cloned()),
     }
 }
 
@@ -97,8 +105,10 @@ pub(crate) async fn poll_once(call: &mut BoxFuture<'static, Result<(), HandlerEr
 pub(crate) async fn finish(
     acker: Acker,
     call: BoxFuture<'static, Result<(), HandlerError>>,
+    retry: Option<Arc<RetryPolicy>>,
     shared: Arc<Shared>,
 ) {
+    let retry = retry.as_deref();
     let guarded = AssertUnwindSafe(call).catch_unwind();
     let timed = async {
         match shared.settings.handler_timeout {
@@ -110,33 +120,40 @@ pub(crate) async fn finish(
     let decision = tokio::select! {
         biased;
         done = timed => match done {
-            Ok(ended) => decide(ended, acker.attempt(), &shared),
-            Err(limit) => retry_or_give_up(format!("handler timed out after {limit:?}"), acker.attempt(), &shared),
+            Ok(ended) => decide(ended, acker.attempt(), retry, &shared),
+            Err(limit) => retry_or_give_up(format!("handler timed out after {limit:?}"), acker.attempt(), retry, &shared),
         },
         _ = abandon.wait_for(|a| *a) => Decision::Abandon,
     };
     settle(acker, decision, shared).await;
 }
 
-/// The decision for a handler call that ended.
-pub(crate) fn decide(ended: Ended, attempt: u32, shared: &Shared) -> Decision {
+/// The decision for a handler call that ended; `retry` is the route's own
+/// policy, if it overrides the router's.
+pub(crate) fn decide(ended: Ended, attempt: u32, retry: Option<&RetryPolicy>, shared: &Shared) -> Decision {
     match ended {
         Ok(Ok(())) => Decision::Ack,
-        Ok(Err(e)) if e.is_permanent() => Decision::DeadLetter {
-            reason: DeadLetterReason::PermanentError,
-            error: e.to_string(),
+        Ok(Err(e)) => match e.kind() {
+            FailureKind::Permanent => Decision::DeadLetter {
+                reason: DeadLetterReason::PermanentError,
+                error: e.to_string(),
+            },
+            FailureKind::Skipped => Decision::Skip {
+                reason: e.skip_reason().unwrap_or("skipped"),
+            },
+            FailureKind::Retryable => retry_or_give_up(e.to_string(), attempt, retry, shared),
         },
-        Ok(Err(e)) => retry_or_give_up(e.to_string(), attempt, shared),
         Err(panic) => retry_or_give_up(
             format!("handler panicked: {}", panic_message(panic.as_ref())),
             attempt,
+            retry,
             shared,
         ),
     }
 }
 
-fn retry_or_give_up(error: String, attempt: u32, shared: &Shared) -> Decision {
-    match shared.settings.retry.decide(attempt) {
+fn retry_or_give_up(error: String, attempt: u32, retry: Option<&RetryPolicy>, shared: &Shared) -> Decision {
+    match retry.unwrap_or(&shared.settings.retry).decide(attempt) {
         RetryDecision::RetryAfter(after) => Decision::Retry { after, error },
         RetryDecision::GiveUp => Decision::DeadLetter {
             reason: DeadLetterReason::MaxAttemptsExceeded,
@@ -155,6 +172,22 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Tells the router's observers about a decision.
+fn observe(shared: &Shared, topic: &str, attempt: u32, outcome: Outcome) {
+    if shared.observers.is_empty() {
+        return;
+    }
+    let settled = Settled {
+        topic,
+        group: &shared.group,
+        attempt,
+        outcome,
+    };
+    for observer in shared.observers.iter() {
+        observer.on_settled(&settled);
+    }
+}
+
 /// Settles a delivery as decided and counts it: at once where the backend
 /// acknowledges without waiting, else through the returned future.
 pub(crate) fn settle_now(
@@ -163,24 +196,56 @@ pub(crate) fn settle_now(
     shared: &Arc<Shared>,
 ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
     let (acker, decision) = match decision {
-        Decision::Ack => match acker.ack_now() {
-            Ok(result) => {
-                shared.counters.handled.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = result {
-                    shared.counters.settle_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(group = %shared.group, error = %e, "acknowledging failed; the broker will redeliver");
-                }
-                return None;
+        Decision::Ack => {
+            if !shared.observers.is_empty() {
+                observe(shared, acker.topic(), acker.attempt(), Outcome::Handled);
             }
-            Err(acker) => (acker, Decision::Ack),
-        },
-        other => (acker, other),
+            match acker.ack_now() {
+                Ok(result) => {
+                    shared.counters.handled.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = result {
+                        shared.counters.settle_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(group = %shared.group, error = %e, "acknowledging failed; the broker will redeliver");
+                    }
+                    return None;
+                }
+                Err(acker) => (acker, Decision::Ack),
+            }
+        }
+        other => {
+            observe_decision(shared, &acker, &other);
+            (acker, other)
+        }
     };
-    Some(settle(acker, decision, shared.clone()))
+    Some(settle_observed(acker, decision, shared.clone()))
+}
+
+fn observe_decision(shared: &Shared, acker: &Acker, decision: &Decision) {
+    if shared.observers.is_empty() {
+        return;
+    }
+    let outcome = match decision {
+        Decision::Ack => Outcome::Handled,
+        Decision::Skip { reason } => Outcome::Skipped { reason },
+        Decision::Retry { after, .. } => Outcome::Retried { after: *after },
+        Decision::DeadLetter { reason, .. } => Outcome::DeadLettered { reason: *reason },
+        Decision::Abandon => Outcome::Abandoned,
+    };
+    observe(shared, acker.topic(), acker.attempt(), outcome);
 }
 
 /// Settles a delivery as decided and counts it.
 pub(crate) fn settle(
+    acker: Acker,
+    decision: Decision,
+    shared: Arc<Shared>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    observe_decision(&shared, &acker, &decision);
+    settle_observed(acker, decision, shared)
+}
+
+/// Settles a delivery whose decision the observers have seen.
+fn settle_observed(
     acker: Acker,
     decision: Decision,
     shared: Arc<Shared>,
@@ -195,8 +260,9 @@ pub(crate) fn settle(
                 counters.handled.fetch_add(1, Ordering::Relaxed);
                 acker.ack().await
             }
-            Decision::Skip => {
+            Decision::Skip { reason } => {
                 counters.skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%topic, %group, attempt, reason, "event skipped");
                 acker.ack().await
             }
             Decision::Retry { after, error } => {
@@ -220,4 +286,113 @@ pub(crate) fn settle(
             tracing::warn!(%topic, %group, attempt, error = %e, "settling a delivery failed; the broker will redeliver it");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::router::observe::RouterObserver;
+    use crate::router::running::Counters;
+    use crate::{
+        Bus, BusSettings, Capabilities, EventBus, PublishError, RawEvent, StartFrom, SubscribeError,
+        SubscribeOptions, Subscription,
+    };
+
+    struct NoBroker;
+
+    #[async_trait]
+    impl EventBus for NoBroker {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::none()
+        }
+        async fn publish(&self, _: &str, _: RawEvent) -> Result<(), PublishError> {
+            Ok(())
+        }
+        async fn provision(&self, _: &str, _: &str) -> Result<(), SubscribeError> {
+            Ok(())
+        }
+        async fn subscribe(
+            &self,
+            _: &str,
+            _: &str,
+            _: SubscribeOptions,
+        ) -> Result<Subscription, SubscribeError> {
+            Ok(Subscription::new(futures::stream::empty()))
+        }
+        async fn shutdown(&self) {}
+    }
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl RouterObserver for Arc<Count> {
+        fn on_settled(&self, _: &Settled<'_>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn shared(retry: RetryPolicy) -> Shared {
+        let bus = Bus::new(NoBroker, BusSettings::default());
+        Shared {
+            bus,
+            group: "g".into(),
+            settings: crate::router::RouterSettings {
+                retry,
+                dead_letter: Default::default(),
+                handler_timeout: None,
+                max_in_flight: 1,
+                shutdown_deadline: Duration::from_secs(1),
+                start_from: StartFrom::New,
+            },
+            counters: Counters::default(),
+            observers: Box::new([]),
+            abandon: watch::channel(false).1,
+        }
+    }
+
+    #[test]
+    fn a_skip_is_acknowledged_with_its_reason_never_retried() {
+        let shared = shared(RetryPolicy::default());
+        let decision = decide(Ok(Err(HandlerError::skip("duplicate"))), 1, None, &shared);
+        assert!(matches!(decision, Decision::Skip { reason: "duplicate" }));
+        let decision = decide(Ok(Err(HandlerError::skip("duplicate"))), 99, None, &shared);
+        assert!(
+            matches!(decision, Decision::Skip { .. }),
+            "not even after the last attempt"
+        );
+    }
+
+    #[test]
+    fn a_route_policy_overrides_the_router_policy() {
+        let shared = shared(RetryPolicy::default().with_max_attempts(5));
+        let own = RetryPolicy::default().with_max_attempts(2);
+        let fail = || Ok(Err(HandlerError::retryable("no")));
+        assert!(matches!(decide(fail(), 2, None, &shared), Decision::Retry { .. }));
+        assert!(matches!(
+            decide(fail(), 2, Some(&own), &shared),
+            Decision::DeadLetter {
+                reason: DeadLetterReason::MaxAttemptsExceeded,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(Ok(Ok(())), 1, Some(&own), &shared),
+            Decision::Ack
+        ));
+    }
+
+    #[test]
+    fn observers_see_each_decision() {
+        let count = Arc::new(Count::default());
+        let mut shared = shared(RetryPolicy::default());
+        shared.observers = vec![Arc::new(count.clone()) as Arc<dyn RouterObserver>].into_boxed_slice();
+        observe(&shared, "t", 1, Outcome::Handled);
+        observe(&shared, "t", 2, Outcome::Skipped { reason: "duplicate" });
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+    }
 }

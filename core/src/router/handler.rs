@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 
+use super::Gate;
 use crate::{BoxError, Context, DomainEvent, Event};
 
 /// Handles events of type `E`.
@@ -35,6 +36,19 @@ pub trait Handler<E: Event>: Send + Sync + 'static {
 
     /// Handles one event.
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future;
+
+    /// A gate the router awaits before it takes the next delivery from this
+    /// handler's subscription (the topic the handler is registered on), or
+    /// `None` (the default) for a handler that never holds consumption back.
+    ///
+    /// A consumer circuit breaker closes its gate while open, so that events
+    /// wait in the broker instead of using up retry attempts. Asked once,
+    /// when the router starts. A handler that wraps another (a
+    /// [`Layer`](super::Layer)'s handler) forwards its inner handler's gate
+    /// unless it has one of its own.
+    fn gate(&self) -> Option<Gate> {
+        None
+    }
 }
 
 impl<E, F, Fut> Handler<E> for F
@@ -57,10 +71,15 @@ pub enum FailureKind {
     Retryable,
     /// Trying again cannot help: dead-letter now.
     Permanent,
+    /// Not a failure: the handler declined the event on purpose (an
+    /// idempotent consumer's duplicate, say). The event is acknowledged and
+    /// counted as skipped, never retried or dead-lettered.
+    Skipped,
 }
 
 /// A handler's failure: retryable (redelivered with backoff, then
-/// dead-lettered) or permanent (dead-lettered at once).
+/// dead-lettered) or permanent (dead-lettered at once); or a deliberate
+/// [`skip`](HandlerError::skip) (acknowledged and counted as skipped).
 ///
 /// Any `std::error::Error` converts into a retryable `HandlerError`, so `?`
 /// works in handlers; wrap with [`HandlerError::permanent`] for errors that
@@ -87,7 +106,25 @@ impl HandlerError {
         }
     }
 
-    /// Retryable or permanent.
+    /// Declines the event without failing: the router acknowledges it and
+    /// counts it as skipped with `reason` (a short, stable, snake_case label
+    /// such as `"duplicate"`, used as a metrics label).
+    ///
+    /// ```
+    /// use busline_core::{FailureKind, HandlerError};
+    /// let skip = HandlerError::skip("duplicate");
+    /// assert_eq!(skip.kind(), FailureKind::Skipped);
+    /// assert_eq!(skip.skip_reason(), Some("duplicate"));
+    /// assert_eq!(HandlerError::permanent("bad").skip_reason(), None);
+    /// ```
+    pub fn skip(reason: &'static str) -> Self {
+        Self {
+            kind: FailureKind::Skipped,
+            error: Box::new(Skip(reason)),
+        }
+    }
+
+    /// Retryable, permanent or skipped.
     pub fn kind(&self) -> FailureKind {
         self.kind
     }
@@ -97,11 +134,36 @@ impl HandlerError {
         self.kind == FailureKind::Permanent
     }
 
+    /// Whether it is retryable.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == FailureKind::Retryable
+    }
+
+    /// The reason of a [`skip`](HandlerError::skip), `None` for failures.
+    pub fn skip_reason(&self) -> Option<&'static str> {
+        match self.kind {
+            FailureKind::Skipped => Some(self.error.downcast_ref::<Skip>().map_or("skipped", |s| s.0)),
+            _ => None,
+        }
+    }
+
     /// The underlying error.
     pub fn error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         self.error.as_ref()
     }
 }
+
+/// The error inside a skip: its reason.
+#[derive(Debug)]
+struct Skip(&'static str);
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "skipped: {}", self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     fn from(error: E) -> Self {

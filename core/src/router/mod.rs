@@ -3,7 +3,10 @@
 
 mod context;
 mod dispatch;
+mod gate;
 mod handler;
+mod layer;
+mod observe;
 mod route;
 mod running;
 
@@ -13,7 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use context::Context;
+pub use gate::{Gate, GateState};
 pub use handler::{FailureKind, Handler, HandlerError};
+pub use layer::{Either, Identity, Layer, Stack};
+pub use observe::{Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 pub use running::{RouterStats, RunningRouter};
 
 use route::{Route, TypedRoute, Upcasters};
@@ -44,6 +50,13 @@ pub enum RouterError {
     /// An upcaster that cannot be used.
     #[error("invalid upcaster: {0}")]
     InvalidUpcaster(String),
+    /// [`Router::layer`] was called after a handler was registered; the
+    /// router-wide layers apply to every handler, so they come first.
+    #[error("router for group `{group}`: `layer` must be called before any handler is registered")]
+    LayerAfterHandlers {
+        /// The group.
+        group: String,
+    },
     /// Subscribing failed.
     #[error(transparent)]
     Subscribe(#[from] SubscribeError),
@@ -75,13 +88,48 @@ type RouteFactory = Box<dyn FnOnce(&Upcasters) -> Arc<dyn Route> + Send>;
 ///     .await?;
 /// # Ok(()) }
 /// ```
-pub struct Router {
+///
+/// Layers ([`Layer`]) wrap handlers: [`layer`](Router::layer) sets a stack
+/// for every handler registered after it, and a single handler can be
+/// wrapped by hand with `layer.layer(handler)`. The type parameter is the
+/// router-wide stack ([`Identity`] until `layer` is called).
+pub struct Router<L = Identity> {
     bus: Bus,
     group: String,
     routes: BTreeMap<String, Vec<(&'static str, RouteFactory)>>,
     upcasters: Upcasters,
     problems: Vec<RouterError>,
     settings: RouterSettings,
+    layer: L,
+    observers: Vec<Arc<dyn RouterObserver>>,
+}
+
+/// Settings of one handler, overriding the router's for it alone
+/// ([`Router::on_with`]).
+///
+/// ```
+/// use busline_core::{HandlerOptions, RetryPolicy};
+/// let options = HandlerOptions::new().with_retry(RetryPolicy::default().with_max_attempts(10));
+/// assert_eq!(options.retry.unwrap().max_attempts, 10);
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct HandlerOptions {
+    /// The retry policy of this handler's failures, instead of the router's.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl HandlerOptions {
+    /// No overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Retries this handler's failures by `retry`.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
 }
 
 /// The knobs of a router; defaults come from the bus's configuration.
@@ -114,7 +162,53 @@ impl Router {
             upcasters: Upcasters::default(),
             problems: Vec::new(),
             settings,
+            layer: Identity,
+            observers: Vec::new(),
         }
+    }
+}
+
+impl<L> Router<L> {
+    /// Wraps every handler registered after this call in `layer`, inside the
+    /// layers set before (the first layer set is the outermost, as with
+    /// tower's `ServiceBuilder`). Call it before registering handlers:
+    /// called after, [`start`](Router::start) fails with
+    /// [`RouterError::LayerAfterHandlers`].
+    ///
+    /// ```
+    /// # use busline_core::*;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl Event for Ping { const TYPE: &'static str = "ping"; }
+    /// # async fn handle(_: DomainEvent<Ping>, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    /// # fn demo(bus: Bus) {
+    /// let router = Router::new(bus, "g")
+    ///     .layer(Identity) // e.g. busline_layers::default_stack()
+    ///     .on::<Ping, _>("pings", handle);
+    /// # }
+    /// ```
+    pub fn layer<Inner>(mut self, layer: Inner) -> Router<Stack<Inner, L>> {
+        if self.routes.values().any(|entries| !entries.is_empty()) {
+            self.problems.push(RouterError::LayerAfterHandlers {
+                group: self.group.clone(),
+            });
+        }
+        Router {
+            bus: self.bus,
+            group: self.group,
+            routes: self.routes,
+            upcasters: self.upcasters,
+            problems: self.problems,
+            settings: self.settings,
+            layer: Stack::new(layer, self.layer),
+            observers: self.observers,
+        }
+    }
+
+    /// Tells `observer` about every settlement decision (handled, skipped,
+    /// retried, dead-lettered, abandoned), e.g. to count them as metrics.
+    pub fn observe(mut self, observer: impl RouterObserver) -> Self {
+        self.observers.push(Arc::new(observer));
+        self
     }
 
     /// Handles events of type `E` (by `E::TYPE` and `E::VERSION`) on `topic`.
@@ -131,7 +225,37 @@ impl Router {
     /// Router::new(bus, "g").on::<Ping, _>("pings", takes_the_payload); // needs DomainEvent<Ping>, Context
     /// # }
     /// ```
-    pub fn on<E: Event, H: Handler<E>>(mut self, topic: impl Into<String>, handler: H) -> Self {
+    pub fn on<E: Event, H: Handler<E>>(self, topic: impl Into<String>, handler: H) -> Self
+    where
+        L: Layer<H>,
+        L::Handler: Handler<E>,
+    {
+        self.on_with(topic, handler, HandlerOptions::default())
+    }
+
+    /// Like [`on`](Router::on), with settings of this handler's own.
+    ///
+    /// ```
+    /// # use busline_core::*;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl Event for Ping { const TYPE: &'static str = "ping"; }
+    /// # async fn handle(_: DomainEvent<Ping>, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    /// # fn demo(bus: Bus) {
+    /// let patient = RetryPolicy::default().with_max_attempts(20);
+    /// let router = Router::new(bus, "g")
+    ///     .on_with::<Ping, _>("pings", handle, HandlerOptions::new().with_retry(patient));
+    /// # }
+    /// ```
+    pub fn on_with<E: Event, H: Handler<E>>(
+        mut self,
+        topic: impl Into<String>,
+        handler: H,
+        options: HandlerOptions,
+    ) -> Self
+    where
+        L: Layer<H>,
+        L::Handler: Handler<E>,
+    {
         let topic = topic.into();
         let entries = self.routes.entry(topic.clone()).or_default();
         if entries.iter().any(|(t, _)| *t == E::TYPE) {
@@ -142,13 +266,15 @@ impl Router {
             });
             return self;
         }
-        let handler = Arc::new(handler);
+        let handler = Arc::new(self.layer.layer(handler));
+        let retry = options.retry.map(Arc::new);
         entries.push((
             E::TYPE,
             Box::new(move |upcasters: &Upcasters| {
-                Arc::new(TypedRoute::<E, H> {
+                Arc::new(TypedRoute::<E, L::Handler> {
                     handler,
                     upcasters: upcasters.for_type::<E>(),
+                    retry,
                 }) as Arc<dyn Route>
             }),
         ));
@@ -236,7 +362,7 @@ impl Router {
                 .collect();
             tables.push((topic, table));
         }
-        running::start(self.bus, self.group, tables, self.settings).await
+        running::start(self.bus, self.group, tables, self.settings, self.observers).await
     }
 
     /// Runs until `shutdown` resolves, then shuts down gracefully: stops

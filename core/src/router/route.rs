@@ -9,8 +9,8 @@ use busline_codecs::{CodecError, CodecRegistry};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{Context, Handler, HandlerError};
-use crate::{DeadLetterReason, Event, RawEvent};
+use super::{Context, Gate, Handler, HandlerError};
+use crate::{DeadLetterReason, Event, RawEvent, RetryPolicy};
 
 /// Why an event was refused before its handler ran: dead-letter it now.
 pub(crate) type Refusal = (DeadLetterReason, String);
@@ -23,6 +23,12 @@ pub(crate) trait Route: Send + Sync + 'static {
         codecs: &CodecRegistry,
         ctx: Context,
     ) -> Result<BoxFuture<'static, Result<(), HandlerError>>, Refusal>;
+
+    /// The route's own retry policy, where it overrides the router's.
+    fn retry(&self) -> Option<&Arc<RetryPolicy>>;
+
+    /// The handler's consumption gate, if it has one.
+    fn gate(&self) -> Option<Gate>;
 }
 
 /// Decodes an older version of `E` and converts it.
@@ -63,6 +69,7 @@ impl Upcasters {
 pub(crate) struct TypedRoute<E: Event, H> {
     pub(crate) handler: Arc<H>,
     pub(crate) upcasters: HashMap<u32, Upcast<E>>,
+    pub(crate) retry: Option<Arc<RetryPolicy>>,
 }
 
 fn refusal(err: CodecError) -> Refusal {
@@ -104,5 +111,13 @@ impl<E: Event, H: Handler<E>> Route for TypedRoute<E, H> {
         let mut event = raw.map_data(|_| data);
         event.version = E::VERSION;
         Ok(self.handler.call(event, ctx).boxed())
+    }
+
+    fn retry(&self) -> Option<&Arc<RetryPolicy>> {
+        self.retry.as_ref()
+    }
+
+    fn gate(&self) -> Option<Gate> {
+        self.handler.gate()
     }
 }

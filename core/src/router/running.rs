@@ -12,8 +12,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::dispatch;
+use super::gate::{wait_all_open, Gate};
 use super::route::Route;
-use super::{RouterError, RouterSettings};
+use super::{RouterError, RouterObserver, RouterSettings};
 use crate::{Bus, ConsumeError, SubscribeOptions, Subscription};
 
 /// Counters of a router since it started.
@@ -26,7 +27,9 @@ pub struct RouterStats {
     pub retried: u64,
     /// Dead-lettered.
     pub dead_lettered: u64,
-    /// Acknowledged without a handler (unknown event type).
+    /// Acknowledged without handling: an event type with no handler, or a
+    /// handler's [`HandlerError::skip`](super::HandlerError::skip) (such as
+    /// an idempotent consumer's duplicate).
     pub skipped: u64,
     /// Returned to the broker unhandled because shutdown's deadline passed.
     pub abandoned: u64,
@@ -64,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) group: Arc<str>,
     pub(crate) settings: RouterSettings,
     pub(crate) counters: Counters,
+    /// Told about every settlement decision.
+    pub(crate) observers: Box<[Arc<dyn RouterObserver>]>,
     /// Set when shutdown's deadline has passed: handlers still running are
     /// cancelled and their deliveries returned.
     pub(crate) abandon: watch::Receiver<bool>,
@@ -94,6 +99,7 @@ pub(crate) async fn start(
     group: String,
     tables: Vec<(String, RouteTable)>,
     settings: RouterSettings,
+    observers: Vec<Arc<dyn RouterObserver>>,
 ) -> Result<RunningRouter, RouterError> {
     let options = SubscribeOptions::default()
         .max_in_flight(settings.max_in_flight)
@@ -113,6 +119,7 @@ pub(crate) async fn start(
         group: group.clone(),
         settings,
         counters: Counters::default(),
+        observers: observers.into_boxed_slice(),
         abandon: abandon_rx,
     });
     let mut consumers = JoinSet::new();
@@ -136,6 +143,9 @@ async fn consume(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConsumeError> {
     let max = shared.settings.max_in_flight;
+    // Handlers that may hold consumption back (circuit breakers); almost
+    // always none.
+    let gates: Vec<Gate> = routes.values().filter_map(|r| r.gate()).collect();
     let mut tasks = JoinSet::new();
     let result = loop {
         if *stop.borrow() {
@@ -146,6 +156,17 @@ async fn consume(
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = tasks.join_next() => {}
+            }
+            continue;
+        }
+        if !gates.is_empty() && !gates.iter().all(Gate::is_open) {
+            // Events wait in the broker while a gate is closed; handlers
+            // already running go on and settle.
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {}
+                _ = wait_all_open(&gates) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
             continue;
         }
@@ -170,17 +191,20 @@ async fn consume(
                     dispatch::Start::Settle(acker, decision) => {
                         dispatch::settle_now(acker, decision, &shared)
                     }
-                    dispatch::Start::Run(acker, mut call) => match dispatch::poll_once(&mut call).await {
-                        Some(ended) => {
-                            let decision = dispatch::decide(ended, acker.attempt(), &shared);
-                            dispatch::settle_now(acker, decision, &shared)
+                    dispatch::Start::Run(acker, mut call, retry) => {
+                        match dispatch::poll_once(&mut call).await {
+                            Some(ended) => {
+                                let decision =
+                                    dispatch::decide(ended, acker.attempt(), retry.as_deref(), &shared);
+                                dispatch::settle_now(acker, decision, &shared)
+                            }
+                            None => {
+                                let rest: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                                    Box::pin(dispatch::finish(acker, call, retry, shared.clone()));
+                                Some(rest)
+                            }
                         }
-                        None => {
-                            let rest: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-                                Box::pin(dispatch::finish(acker, call, shared.clone()));
-                            Some(rest)
-                        }
-                    },
+                    }
                 };
                 if let Some(mut settling) = settling {
                     if futures::poll!(settling.as_mut()).is_pending() {

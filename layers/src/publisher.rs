@@ -1,0 +1,285 @@
+//! [`GuardedBus`]: the publisher side. A publish timeout, retries of
+//! transient failures with backoff (keeping the event id), and a circuit
+//! breaker that fails fast while the broker is unreachable.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use busline_core::{
+    Bus, Capabilities, EventBus, PublishError, PublishErrorKind, RawEvent, RetryDecision, RetryPolicy,
+    SubscribeError, SubscribeOptions, Subscription,
+};
+use tokio::time::Instant;
+
+/// The source of a [`PublishError`] (kind `Connection`) returned without
+/// trying, because the publisher's circuit breaker is open. Test for it with
+/// [`is_circuit_open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("publisher circuit breaker is open after repeated failures; retry in {retry_in:?}")]
+pub struct CircuitOpen {
+    /// Until the breaker lets a probe publish through.
+    pub retry_in: Duration,
+}
+
+/// Whether `error` was returned by an open publisher circuit breaker
+/// (without reaching the broker).
+pub fn is_circuit_open(error: &PublishError) -> bool {
+    std::error::Error::source(error).is_some_and(|s| s.is::<CircuitOpen>())
+}
+
+/// The source of a [`PublishError`] (kind `Timeout`) of a publish that got
+/// no confirmation within the publish timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no confirmation within {0:?}")]
+pub struct PublishTimedOut(pub Duration);
+
+/// Whether a failed publish may pass if tried again: no confirmation in
+/// time, a broken connection, or an unclassified broker error. Encoding
+/// errors, invalid envelopes, unroutable events, rejections and a closed bus
+/// are not retried.
+pub fn is_transient(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::Timeout | PublishErrorKind::Connection | PublishErrorKind::Other
+    )
+}
+
+/// How a [`GuardedBus`] publishes.
+///
+/// ```
+/// use std::time::Duration;
+/// use busline_core::RetryPolicy;
+/// use busline_layers::PublishPolicy;
+/// let policy = PublishPolicy::default()
+///     .with_timeout(Some(Duration::from_secs(5)))
+///     .with_retry(RetryPolicy::default().with_max_attempts(3))
+///     .with_breaker(Some((5, Duration::from_secs(10))));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PublishPolicy {
+    /// Limit of one publish attempt, until the broker confirms (`None`: the
+    /// backend's own).
+    pub timeout: Option<Duration>,
+    /// Attempts and backoff for transient failures. `max_attempts = 1`
+    /// turns retries off.
+    pub retry: RetryPolicy,
+    /// `(consecutive transient failures, open duration)`: after that many
+    /// failures in a row, publishes fail fast for that long, then one probe
+    /// goes through; its success closes the breaker. `None`: no breaker.
+    pub breaker: Option<(u32, Duration)>,
+}
+
+impl Default for PublishPolicy {
+    /// 10 s per attempt; 3 attempts, backoff from 100 ms to 2 s; the breaker
+    /// opens after 5 failures in a row, for 10 s.
+    fn default() -> Self {
+        Self {
+            timeout: Some(Duration::from_secs(10)),
+            retry: RetryPolicy::default()
+                .with_max_attempts(3)
+                .with_backoff(Duration::from_millis(100), Duration::from_secs(2)),
+            breaker: Some((5, Duration::from_secs(10))),
+        }
+    }
+}
+
+impl PublishPolicy {
+    /// Sets the per-attempt timeout.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the breaker: `(consecutive failures, open duration)`.
+    pub fn with_breaker(mut self, breaker: Option<(u32, Duration)>) -> Self {
+        self.breaker = breaker.map(|(n, d)| (n.max(1), d));
+        self
+    }
+}
+
+#[derive(Debug)]
+enum BreakerState {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    Probing,
+}
+
+/// An [`EventBus`] decorator applying a [`PublishPolicy`] to publishes
+/// (subscriptions pass through). A retried event keeps its id, so brokers
+/// that deduplicate by id (NATS JetStream, Kafka's idempotent producer
+/// within a session) store it once; elsewhere a retry after a lost
+/// confirmation may store it twice (at-least-once).
+///
+/// ```
+/// # fn demo(bus: busline_core::Bus) {
+/// use busline_layers::{GuardedBus, PublishPolicy};
+/// let bus = GuardedBus::wrap(&bus, PublishPolicy::default());
+/// # }
+/// ```
+pub struct GuardedBus {
+    inner: Arc<dyn EventBus>,
+    policy: PublishPolicy,
+    state: Mutex<BreakerState>,
+}
+
+impl std::fmt::Debug for GuardedBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedBus")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardedBus {
+    /// Decorates a backend.
+    pub fn new(inner: Arc<dyn EventBus>, policy: PublishPolicy) -> Self {
+        Self {
+            inner,
+            policy,
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+        }
+    }
+
+    /// The same bus, publishing under `policy`.
+    pub fn wrap(bus: &Bus, policy: PublishPolicy) -> Bus {
+        Bus::from_arc(
+            Arc::new(Self::new(bus.transport().clone(), policy)),
+            bus.settings().clone(),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// May an attempt go out now? `Err` with the time left while open.
+    fn admit(&self) -> Result<(), Duration> {
+        if self.policy.breaker.is_none() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        match *state {
+            BreakerState::Closed { .. } => Ok(()),
+            BreakerState::Open { until } => {
+                let now = Instant::now();
+                if now >= until {
+                    *state = BreakerState::Probing;
+                    Ok(())
+                } else {
+                    Err(until - now)
+                }
+            }
+            // One probe at a time; the others fail fast meanwhile.
+            BreakerState::Probing => Err(Duration::ZERO),
+        }
+    }
+
+    fn record(&self, transient_failure: bool) {
+        let Some((threshold, open_for)) = self.policy.breaker else {
+            return;
+        };
+        let mut state = self.lock();
+        let next = match (&*state, transient_failure) {
+            (_, false) => BreakerState::Closed { failures: 0 },
+            (BreakerState::Closed { failures }, true) if failures + 1 < threshold => BreakerState::Closed {
+                failures: failures + 1,
+            },
+            (BreakerState::Open { until }, true) => BreakerState::Open { until: *until },
+            (_, true) => {
+                tracing::warn!(?open_for, "publisher circuit breaker open: publishes fail fast");
+                BreakerState::Open {
+                    until: Instant::now() + open_for,
+                }
+            }
+        };
+        *state = next;
+    }
+
+    async fn attempt<F, Fut>(&self, topic: &str, send: F) -> Result<(), PublishError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), PublishError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            if let Err(retry_in) = self.admit() {
+                return Err(PublishError::new(PublishErrorKind::Connection, topic)
+                    .with_source(CircuitOpen { retry_in }));
+            }
+            let result = match self.policy.timeout {
+                Some(limit) => match tokio::time::timeout(limit, send()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(PublishError::new(PublishErrorKind::Timeout, topic)
+                        .with_source(PublishTimedOut(limit))),
+                },
+                None => send().await,
+            };
+            let error = match result {
+                Ok(()) => {
+                    self.record(false);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if !is_transient(error.kind()) {
+                // Not the broker's health: leave the breaker as it is, unless
+                // this was its probe.
+                if matches!(*self.lock(), BreakerState::Probing) {
+                    self.record(false);
+                }
+                return Err(error);
+            }
+            self.record(true);
+            match self.policy.retry.decide(attempt) {
+                RetryDecision::RetryAfter(after) => {
+                    tracing::debug!(topic, attempt, ?after, error = %error, "publish failed; retrying");
+                    tokio::time::sleep(after).await;
+                    attempt += 1;
+                }
+                RetryDecision::GiveUp => return Err(error),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for GuardedBus {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+        self.attempt(topic, || self.inner.publish(topic, event.clone()))
+            .await
+    }
+
+    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+        self.attempt(topic, || self.inner.publish_batch(topic, events.clone()))
+            .await
+    }
+
+    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        self.inner.provision(topic, group).await
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        self.inner.subscribe(topic, group, options).await
+    }
+
+    async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
+}
