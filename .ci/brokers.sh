@@ -4,7 +4,8 @@
 # 127.0.0.1:4222 and PostgreSQL on 127.0.0.1:5432 (the dedup store) are
 # started only when their port is closed (installed from Debian's packages
 # first if missing); a second, restartable NATS on 4223 serves the
-# broker-restart test. Nothing already running is touched.
+# broker-restart test; tansu (Kafka protocol) serves 127.0.0.1:9092.
+# Nothing already running is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,4 +66,9 @@ if ! su postgres -c "psql -lqt" 2>/dev/null | cut -d'|' -f1 | grep -qw test; the
 fi
 
 bash .ci/nats-restartable.sh start
-echo "brokers up: RabbitMQ 127.0.0.1:5672, NATS 127.0.0.1:4222 (+ restartable on 4223), PostgreSQL 127.0.0.1:5432"
+
+# Kafka protocol: tansu, built from crates.io the first time (~15 minutes),
+# then reused from ~/.cargo/bin.
+bash .ci/tansu.sh install
+bash .ci/tansu.sh start
+echo "brokers up: RabbitMQ 127.0.0.1:5672, NATS 127.0.0.1:4222 (+ restartable on 4223), PostgreSQL 127.0.0.1:5432, tansu 127.0.0.1:9092"

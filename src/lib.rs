@@ -50,6 +50,9 @@ pub use busline_rabbitmq as rabbitmq;
 #[cfg(feature = "layers")]
 pub use busline_layers as layers;
 
+#[cfg(feature = "kafka")]
+pub use busline_kafka as kafka;
+
 /// Connects the backend the configuration's URL names.
 ///
 /// | scheme | backend | feature |
@@ -64,7 +67,7 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConfigError> {
         "memory" => connect_memory(config),
         "amqp" | "amqps" => connect_rabbitmq(config).await,
         "nats" | "tls" => connect_nats(config).await,
-        "kafka" => Err(missing_backend(&scheme, "kafka")),
+        "kafka" => connect_kafka(config).await,
         "" => Err(ConfigError::InvalidUrl {
             url: config.url.redacted(),
             reason: "no scheme; expected memory://, amqp://, nats:// or kafka://".into(),
@@ -88,6 +91,8 @@ pub async fn connect_env() -> Result<Bus, ConfigError> {
     connect(&BusConfig::from_env()?).await
 }
 
+// Unused when every backend is compiled in.
+#[allow(dead_code)]
 fn missing_backend(scheme: &str, feature: &str) -> ConfigError {
     ConfigError::UnsupportedScheme {
         scheme: scheme.to_owned(),
@@ -113,6 +118,16 @@ async fn connect_rabbitmq(config: &BusConfig) -> Result<Bus, ConfigError> {
 #[cfg(not(feature = "rabbitmq"))]
 async fn connect_rabbitmq(config: &BusConfig) -> Result<Bus, ConfigError> {
     Err(missing_backend(&config.url.scheme(), "rabbitmq"))
+}
+
+#[cfg(feature = "kafka")]
+async fn connect_kafka(config: &BusConfig) -> Result<Bus, ConfigError> {
+    busline_kafka::connect(config).await
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn connect_kafka(config: &BusConfig) -> Result<Bus, ConfigError> {
+    Err(missing_backend(&config.url.scheme(), "kafka"))
 }
 
 #[cfg(feature = "nats")]

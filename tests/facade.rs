@@ -68,8 +68,8 @@ async fn same_memory_url_is_the_same_broker() {
 
 #[tokio::test]
 async fn urls_without_a_backend_are_typed_errors() {
-    let err = busline::connect_url("kafka://127.0.0.1:9092").await.unwrap_err();
-    match &err {
+    #[cfg(not(feature = "kafka"))]
+    match busline::connect_url("kafka://127.0.0.1:9092").await.unwrap_err() {
         ConfigError::UnsupportedScheme { scheme, hint } => {
             assert_eq!(scheme, "kafka");
             assert!(hint.contains("`kafka` feature"), "{hint}");
@@ -96,12 +96,15 @@ async fn urls_without_a_backend_are_typed_errors() {
 
 #[tokio::test]
 async fn secrets_stay_out_of_errors() {
-    // No rabbitmq feature in this build: the error names the URL only redacted.
-    let config = BusConfig::from_url("amqp://app:hunter2@10.0.0.1:5672/prod");
-    if let Err(err) = busline::connect(&config).await {
-        assert!(!err.to_string().contains("hunter2"), "{err}");
-        assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
-    }
+    // Port 1 on loopback refuses at once: with the rabbitmq feature the
+    // connection fails, without it the scheme does; neither error may show
+    // the password.
+    let config = BusConfig::from_url("amqp://app:hunter2@127.0.0.1:1/prod");
+    let err = busline::connect(&config)
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
     assert!(!format!("{config:?}").contains("hunter2"));
 }
 

@@ -1,0 +1,194 @@
+//! [`KafkaBus`]: the `EventBus` of the Kafka backend.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use busline_core::{
+    async_trait, BusConfig, Capabilities, ConfigError, EventBus, PublishError, RawEvent, StartFrom,
+    SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription,
+};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, Producer};
+
+use crate::config::{Bootstrap, KafkaConfig};
+use crate::shared::Shared;
+use crate::topology::{blocking, Topology, TopologyError};
+
+/// One connection to a Kafka cluster: an idempotent producer shared by all
+/// publishes, an admin client, and one consumer per subscription. Cloning
+/// shares the connection.
+///
+/// A topic is a Kafka topic (created with [`KafkaConfig::partitions`] and
+/// [`KafkaConfig::replication`] when missing), a group is a consumer
+/// group (`group.id`), the record key is the envelope key, and the envelope
+/// travels as CloudEvents `ce_` headers plus `content-type`.
+#[derive(Clone)]
+pub struct KafkaBus {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus")
+            .field("bootstrap", &self.shared.bootstrap)
+            .field("config", &self.shared.config)
+            .field("closed", &self.shared.is_closed())
+            .finish()
+    }
+}
+
+impl KafkaBus {
+    /// Connects to the brokers of a `kafka://host:port[,host:port]` URL and
+    /// checks that they answer.
+    pub async fn connect(config: &BusConfig, kafka: KafkaConfig) -> Result<Self, ConfigError> {
+        let bootstrap = Bootstrap::from_url(config)?;
+        let connect_error = |e: String| ConfigError::Connect {
+            url: config.url.redacted(),
+            source: e.into(),
+        };
+        let producer: FutureProducer = kafka
+            .producer_config(&bootstrap)
+            .create()
+            .map_err(|e| connect_error(format!("producer: {e}")))?;
+        let admin: AdminClient<DefaultClientContext> = kafka
+            .admin_config(&bootstrap)
+            .create()
+            .map_err(|e| connect_error(format!("admin client: {e}")))?;
+        let probe = producer.clone();
+        let timeout = kafka.operation_timeout;
+        blocking(move || {
+            probe
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(connect_error)?;
+        let config = Arc::new(kafka);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                topology: Topology::new(admin, producer.clone(), bootstrap.clone(), config.clone()),
+                producer,
+                config,
+                bootstrap,
+                closed: Default::default(),
+                attempts: crate::attempts::AttemptFloor::new(),
+                members: Default::default(),
+            }),
+        })
+    }
+
+    /// The backend configuration in use.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.shared.config
+    }
+
+    /// The producer, e.g. for plain Kafka interop.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.shared.producer
+    }
+
+    /// Creates `topic` if it is missing, with the configured partitions
+    /// and replication.
+    pub async fn ensure_topic(&self, topic: &str) -> Result<(), SubscribeError> {
+        self.shared
+            .topology
+            .ensure_topic(topic)
+            .await
+            .map_err(|e| subscribe_error(&self.shared, topic, e))
+    }
+}
+
+fn subscribe_error(shared: &Shared, topic: &str, e: TopologyError) -> SubscribeError {
+    let kind = match (&e, shared.is_closed()) {
+        (_, true) => SubscribeErrorKind::Closed,
+        (TopologyError::InvalidName(_), _) => SubscribeErrorKind::InvalidName,
+        (TopologyError::Broker(_), _) => SubscribeErrorKind::Topology,
+    };
+    SubscribeError::new(kind, topic).with_source(e)
+}
+
+#[async_trait]
+impl EventBus for KafkaBus {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+            .with_order_per_key(true)
+            .with_persistent(true)
+            .with_replay_from_start(true)
+    }
+
+    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+        crate::publisher::publish(&self.shared, topic, std::slice::from_ref(&event)).await
+    }
+
+    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+        crate::publisher::publish(&self.shared, topic, &events).await
+    }
+
+    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        if self.shared.is_closed() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        self.shared
+            .topology
+            .provision(topic, group, StartFrom::New)
+            .await
+            .map_err(|e| subscribe_error(&self.shared, topic, e))
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        if self.shared.is_closed() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        self.shared
+            .topology
+            .provision(topic, group, options.start_from)
+            .await
+            .map_err(|e| subscribe_error(&self.shared, topic, e))?;
+        crate::member::join(
+            self.shared.clone(),
+            topic,
+            group,
+            options.start_from,
+            options.max_in_flight,
+        )
+        .await
+    }
+
+    async fn shutdown(&self) {
+        let shared = &self.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Members stop fetching, let deliveries in flight settle, commit and
+        // leave their groups; then what the producer holds is delivered.
+        let members: Vec<_> = shared
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for m in &members {
+            m.leave();
+        }
+        let limit = shared.config.drain_timeout + Duration::from_secs(10);
+        for m in &members {
+            if tokio::time::timeout(limit, m.finished()).await.is_err() {
+                tracing::warn!(topic = %m.topic, group = %m.group, "member did not close in time");
+            }
+        }
+        let producer = shared.producer.clone();
+        let timeout = shared.config.operation_timeout;
+        if let Err(e) = blocking(move || producer.flush(timeout).map_err(|e| e.to_string())).await {
+            tracing::warn!(error = %e, "producer flush at shutdown failed; unconfirmed publishes failed");
+        }
+    }
+}

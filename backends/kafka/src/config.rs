@@ -1,0 +1,356 @@
+//! The `[kafka]` section: busline's own settings plus librdkafka properties
+//! that pass through to the clients.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use busline_core::{is_secret_key, BusConfig, ConfigError};
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Tuning of the Kafka backend, read from the `[kafka]` section of a
+/// [`BusConfig`].
+///
+/// Keys busline does not know (they contain a dot, like `linger.ms` or
+/// `sasl.password`) are librdkafka properties for both the producer and the
+/// consumers; `[kafka.producer]` and `[kafka.consumer]` hold properties for
+/// one side only. Properties given here win over busline's defaults:
+///
+/// | side | property | default | why |
+/// | --- | --- | --- | --- |
+/// | producer | `enable.idempotence` | `true` | no duplicates or reordering on retries |
+/// | producer | `acks` | `all` | a publish returns once every in-sync replica has it |
+/// | producer | `linger.ms` | `5` | batches concurrent publishes, little latency |
+/// | producer | `batch.size` | `1000000` | bytes per partition batch |
+/// | producer | `message.timeout.ms` | `30000` | a publish fails `Timeout` after this |
+/// | producer | `queue.buffering.max.messages` | `200000` | publishes in flight per client |
+/// | consumer | `enable.auto.commit` | `false` | busline commits only decided offsets |
+/// | consumer | `enable.auto.offset.store` | `false` | idem |
+/// | consumer | `session.timeout.ms` | `10000` | a dead member is noticed within 10 s |
+/// | consumer | `heartbeat.interval.ms` | `1000` | rebalances complete quickly |
+/// | consumer | `fetch.wait.max.ms` | `100` | low latency when the topic is quiet |
+/// | consumer | `auto.offset.reset` | `earliest` | only used when a committed offset is out of range: re-read rather than skip |
+///
+/// Where a group starts is not left to `auto.offset.reset`: `provision`
+/// (and the first member of a group) commits the current end of every
+/// partition for [`StartFrom::New`](busline_core::StartFrom::New), or its
+/// beginning for `Earliest`, so events published after `provision` returns
+/// are never skipped.
+///
+/// ```
+/// let config = busline_core::BusConfig::from_toml_str(r#"
+///     url = "kafka://127.0.0.1:9092"
+///     [kafka]
+///     partitions = 8
+///     "linger.ms" = 10
+///     "sasl.password" = "s3cret"
+///     [kafka.consumer]
+///     "session.timeout.ms" = "30000"
+/// "#).unwrap();
+/// let kafka = busline_kafka::KafkaConfig::from_bus_config(&config).unwrap();
+/// assert_eq!(kafka.partitions, 8);
+/// assert_eq!(kafka.properties.get("linger.ms"), Some("10"));
+/// assert!(!format!("{kafka:?}").contains("s3cret"));
+/// ```
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KafkaConfig {
+    /// Partitions of the topics busline creates (default 4).
+    pub partitions: i32,
+    /// Replication factor of the topics busline creates (default 1; use 3 on
+    /// a production cluster).
+    pub replication: i32,
+    /// Topic-level configuration of created topics (`retention.ms`, …).
+    pub topic_config: BTreeMap<String, String>,
+    /// Create missing topics with the admin API (default). `false` for
+    /// brokers without CreateTopics that create topics when their metadata
+    /// is requested (librdkafka's mock cluster, `auto.create.topics.enable`).
+    pub admin_create_topics: bool,
+    /// Properties for the producer only.
+    pub producer: Properties,
+    /// Properties for the consumers (and the group-offset client) only.
+    pub consumer: Properties,
+    /// How often a member commits the offsets its settled events allow.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Deadline of admin, metadata and offset requests.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// How long `subscribe` waits for the member's first partition
+    /// assignment (it returns anyway after it, with a warning).
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// How long a member that leaves (subscription dropped, bus shut down)
+    /// waits for deliveries still in flight to be settled before it commits
+    /// and closes; what is unsettled then is delivered again.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Records a member buffers beyond those in flight (waiting for their
+    /// key's turn or a free slot) before it pauses fetching.
+    pub max_buffered: usize,
+    /// Start fetching a newly assigned (or resumed) partition this many
+    /// offsets before its committed offset, skipping what lies before it.
+    /// `0` (the default) on Kafka. A workaround for brokers that return
+    /// nothing for a fetch that starts inside a stored record batch (tansu
+    /// 0.6): with a rewind at least as large as the producers' batches
+    /// (`batch.num.messages`), a group resumes correctly there.
+    pub fetch_rewind: u32,
+    /// In-partition retry bound: a delivery returned (nacked or dropped)
+    /// this many times is dead-lettered by the backend itself with reason
+    /// `max_attempts_exceeded`, so a key cannot be blocked forever. `0`
+    /// disables the bound. Routers dead-letter much earlier, by their retry
+    /// policy.
+    pub max_attempts: u32,
+    /// librdkafka properties for every client: `linger.ms`, `sasl.*`,
+    /// `security.protocol`, `client.id`, …
+    #[serde(flatten)]
+    pub properties: Properties,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 4,
+            replication: 1,
+            topic_config: BTreeMap::new(),
+            admin_create_topics: true,
+            producer: Properties::default(),
+            consumer: Properties::default(),
+            commit_interval: Duration::from_millis(100),
+            operation_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            max_buffered: 10_000,
+            max_attempts: 1_000,
+            fetch_rewind: 0,
+            properties: Properties::default(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Reads the `[kafka]` section.
+    pub fn from_bus_config(config: &BusConfig) -> Result<Self, ConfigError> {
+        config.kafka.parse("kafka")
+    }
+
+    /// The producer's librdkafka configuration for `bootstrap`.
+    pub(crate) fn producer_config(&self, bootstrap: &Bootstrap) -> ClientConfig {
+        let mut c = bootstrap.client_config();
+        for (k, v) in [
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("batch.size", "1000000"),
+            ("message.timeout.ms", "30000"),
+            ("queue.buffering.max.messages", "200000"),
+        ] {
+            c.set(k, v);
+        }
+        self.properties.apply(&mut c);
+        self.producer.apply(&mut c);
+        c
+    }
+
+    /// A consumer's librdkafka configuration in `group`.
+    pub(crate) fn consumer_config(&self, bootstrap: &Bootstrap, group: &str) -> ClientConfig {
+        let mut c = bootstrap.client_config();
+        for (k, v) in [
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+            ("fetch.wait.max.ms", "100"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+        ] {
+            c.set(k, v);
+        }
+        self.properties.apply(&mut c);
+        self.consumer.apply(&mut c);
+        c.set("group.id", group);
+        c
+    }
+
+    /// The admin client's configuration.
+    pub(crate) fn admin_config(&self, bootstrap: &Bootstrap) -> ClientConfig {
+        let mut c = bootstrap.client_config();
+        self.properties.apply(&mut c);
+        c
+    }
+}
+
+/// librdkafka properties (`name = value`); values may be written as TOML
+/// strings, numbers or booleans. Values of secret-looking keys
+/// ([`is_secret_key`]) never show in `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Properties(BTreeMap<String, String>);
+
+impl Properties {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
+    fn apply(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.0 {
+            c.set(k, v);
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Value {
+            Text(String),
+            Int(i64),
+            Float(f64),
+            Bool(bool),
+        }
+        let raw = BTreeMap::<String, Value>::deserialize(d)?;
+        Ok(Self(
+            raw.into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::Text(s) => s,
+                        Value::Int(i) => i.to_string(),
+                        Value::Float(f) => f.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ))
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (k, v) in &self.0 {
+            if is_secret_key(k) {
+                map.entry(k, &"***");
+            } else {
+                map.entry(k, v);
+            }
+        }
+        map.finish()
+    }
+}
+
+/// The brokers of a `kafka://[user:password@]host:port[,host:port]` URL.
+#[derive(Clone)]
+pub(crate) struct Bootstrap {
+    servers: String,
+    credentials: Option<(String, String)>,
+}
+
+impl fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("servers", &self.servers)
+            .field("credentials", &self.credentials.as_ref().map(|(u, _)| (u, "***")))
+            .finish()
+    }
+}
+
+impl Bootstrap {
+    /// Parses the URL of `config`.
+    pub(crate) fn from_url(config: &BusConfig) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidUrl {
+            url: config.url.redacted(),
+            reason: reason.into(),
+        };
+        let url = config.url.expose_secret();
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(invalid("expected kafka://host:port[,host:port]"));
+        };
+        if !scheme.eq_ignore_ascii_case("kafka") {
+            return Err(invalid("the Kafka backend takes kafka:// URLs"));
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let (credentials, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                (Some((user.to_owned(), password.to_owned())), hosts)
+            }
+            None => (None, authority),
+        };
+        let servers: Vec<&str> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .collect();
+        if servers.is_empty() {
+            return Err(invalid("no broker address"));
+        }
+        Ok(Self {
+            servers: servers.join(","),
+            credentials,
+        })
+    }
+
+    /// A bootstrap list as it is, e.g. a mock cluster's.
+    #[cfg(test)]
+    pub(crate) fn servers(servers: impl Into<String>) -> Self {
+        Self {
+            servers: servers.into(),
+            credentials: None,
+        }
+    }
+
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.servers);
+        if let Some((user, password)) = &self.credentials {
+            c.set("security.protocol", "SASL_PLAINTEXT");
+            c.set("sasl.mechanisms", "PLAIN");
+            c.set("sasl.username", user);
+            c.set("sasl.password", password);
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_give_bootstrap_lists() {
+        let b = Bootstrap::from_url(&BusConfig::from_url("kafka://a:9092, b:9093")).unwrap();
+        assert_eq!(b.servers, "a:9092,b:9093");
+        let b = Bootstrap::from_url(&BusConfig::from_url("kafka://u:pw@a:9092/")).unwrap();
+        assert_eq!(b.credentials, Some(("u".into(), "pw".into())));
+        assert!(!format!("{b:?}").contains("pw"));
+        assert!(Bootstrap::from_url(&BusConfig::from_url("kafka://")).is_err());
+        assert!(Bootstrap::from_url(&BusConfig::from_url("nats://a:1")).is_err());
+    }
+
+    #[test]
+    fn properties_pass_through_and_win() {
+        let config = BusConfig::from_toml_str(
+            "url = \"kafka://h:1\"\n[kafka]\n\"linger.ms\" = 20\n\"enable.idempotence\" = true\n[kafka.producer]\n\"acks\" = \"1\"\n",
+        )
+        .unwrap();
+        let k = KafkaConfig::from_bus_config(&config).unwrap();
+        let p = k.producer_config(&Bootstrap::servers("h:1"));
+        assert_eq!(p.get("linger.ms"), Some("20"));
+        assert_eq!(p.get("acks"), Some("1"));
+        assert_eq!(p.get("enable.idempotence"), Some("true"));
+        let c = k.consumer_config(&Bootstrap::servers("h:1"), "g");
+        assert_eq!(c.get("group.id"), Some("g"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("acks"), None);
+    }
+}

@@ -1,0 +1,165 @@
+//! One group member: a consumer in the group, polled on a thread of its
+//! own, and the delivery stream the application reads.
+
+mod acker;
+mod context;
+mod poller;
+mod state;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use busline_core::{Delivery, StartFrom, SubscribeError, SubscribeErrorKind};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::sync::{watch, Notify};
+
+use crate::shared::Shared;
+pub(crate) use state::{Record, State, Ticket};
+
+/// What the stream, the poller thread and the ackers of one member share.
+pub(crate) struct MemberShared {
+    pub(crate) bus: Arc<Shared>,
+    pub(crate) topic: Arc<str>,
+    pub(crate) group: Arc<str>,
+    pub(crate) start: StartFrom,
+    pub(crate) max_in_flight: usize,
+    state: Mutex<State>,
+    /// Wakes the stream: a record is ready or a slot was freed.
+    wake: Notify,
+    /// Set when the member is to leave: stop handing out, drain, commit,
+    /// close.
+    leaving: AtomicBool,
+    /// The first assignment happened.
+    joined: watch::Sender<bool>,
+    /// The poller thread finished (committed and closed).
+    done: watch::Sender<bool>,
+}
+
+impl MemberShared {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        *self.done.borrow()
+    }
+
+    /// Waits until the poller thread has committed and closed.
+    pub(crate) async fn finished(&self) {
+        let mut rx = self.done.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Record id for the connection's attempt memory.
+    pub(crate) fn record_id(&self, partition: i32, offset: i64) -> crate::attempts::RecordId {
+        (self.topic.clone(), self.group.clone(), partition, offset)
+    }
+
+    /// The next delivery; `None` once the member leaves.
+    async fn next(self: &Arc<Self>) -> Option<Delivery> {
+        loop {
+            let woken = self.wake.notified();
+            if self.is_leaving() {
+                return None;
+            }
+            let handout = {
+                let mut state = self.state();
+                if state.in_flight() < self.max_in_flight {
+                    state.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(h) = handout {
+                let acker = acker::KafkaAcker::new(self.clone(), h.ticket, h.record, h.attempt);
+                return Some(Delivery::new(
+                    h.event,
+                    h.attempt,
+                    self.topic.clone(),
+                    self.group.clone(),
+                    Box::new(acker),
+                ));
+            }
+            woken.await;
+        }
+    }
+}
+
+/// Leaves the group when the application drops the subscription.
+struct Stream {
+    member: Arc<MemberShared>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.member.leave();
+    }
+}
+
+/// Joins `group` on `topic` (already provisioned) and returns the
+/// delivery stream once the member has its first assignment.
+pub(crate) async fn join(
+    bus: Arc<Shared>,
+    topic: &str,
+    group: &str,
+    start: StartFrom,
+    max_in_flight: usize,
+) -> Result<busline_core::Subscription, SubscribeError> {
+    let (joined, mut joined_rx) = watch::channel(false);
+    let member = Arc::new(MemberShared {
+        bus: bus.clone(),
+        topic: topic.into(),
+        group: group.into(),
+        start,
+        max_in_flight: max_in_flight.max(1),
+        state: Mutex::default(),
+        wake: Notify::new(),
+        leaving: AtomicBool::new(false),
+        joined,
+        done: watch::channel(false).0,
+    });
+    let consumer: BaseConsumer<context::MemberContext> = bus
+        .config
+        .consumer_config(&bus.bootstrap, group)
+        .create_with_context(context::MemberContext::new(member.clone()))
+        .map_err(|e| SubscribeError::new(SubscribeErrorKind::Connection, topic).with_source(e))?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|e| SubscribeError::new(SubscribeErrorKind::Other, topic).with_source(e))?;
+    bus.register(member.clone());
+    poller::spawn(consumer, member.clone())
+        .map_err(|e| SubscribeError::new(SubscribeErrorKind::Other, topic).with_source(e))?;
+    let limit = bus.config.join_timeout;
+    if tokio::time::timeout(limit, joined_rx.wait_for(|j| *j))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            topic,
+            group,
+            ?limit,
+            "no partition assignment yet; subscribing anyway"
+        );
+    }
+    let stream = Stream { member };
+    Ok(busline_core::Subscription::new(futures::stream::unfold(
+        stream,
+        |stream| async move {
+            let delivery = stream.member.next().await?;
+            Some((Ok(delivery), stream))
+        },
+    )))
+}
