@@ -89,10 +89,15 @@ stop() {
             sleep 0.1
         done
         kill -0 "${pid}" 2>/dev/null && kill -9 "${pid}" 2>/dev/null || true
+        # Remove the pid file only if it still names the process stopped
+        # here (a concurrent `start` may have written a new one).
+        [ "$(cat "${PID_FILE}" 2>/dev/null)" = "${pid}" ] && rm -f "${PID_FILE}"
     else
         echo "no tansu started by this script is running"
+        # A stale file (process gone) is removed.
+        if [ -f "${PID_FILE}" ] && ! recorded_pid_alive; then rm -f "${PID_FILE}"; fi
     fi
-    rm -f "${PID_FILE}"
+    return 0
 }
 
 status() {
