@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use busline::memory::{MemoryBroker, MemoryConfig};
 use busline::{Bus, BusSettings, Context, DomainEvent, Event, HandlerError, Router};
+use busline_testkit::support::Countdown;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct OrderPlaced {
@@ -37,43 +38,9 @@ fn order(i: u64, sent_nanos: u64) -> OrderPlaced {
     }
 }
 
-/// Counts handled events and wakes the bench when the target is reached.
-#[derive(Default)]
-struct Done {
-    count: AtomicU64,
-    target: AtomicU64,
-    reached: Notify,
-}
-
-impl Done {
-    fn hit(&self) {
-        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == self.target.load(Ordering::Relaxed) {
-            self.reached.notify_one();
-        }
-    }
-
-    async fn wait(&self, target: u64) {
-        loop {
-            let notified = self.reached.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count.load(Ordering::Relaxed) >= target {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    fn reset(&self, target: u64) {
-        self.count.store(0, Ordering::Relaxed);
-        self.target.store(target, Ordering::Relaxed);
-    }
-}
-
 struct Busline {
     bus: Bus,
-    done: Arc<Done>,
+    done: Arc<Countdown>,
     latencies: Arc<std::sync::Mutex<Vec<u64>>>,
     record_latency: Arc<std::sync::atomic::AtomicBool>,
     _router: busline::RunningRouter,
@@ -90,7 +57,7 @@ async fn busline_setup(capacity: usize) -> Busline {
         queue_capacity: capacity,
     });
     let bus = Bus::new(broker.connect(), BusSettings::default().with_service("bench"));
-    let done = Arc::new(Done::default());
+    let done = Arc::new(Countdown::default());
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let record_latency = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (d, l, r) = (done.clone(), latencies.clone(), record_latency.clone());
@@ -121,7 +88,7 @@ async fn busline_setup(capacity: usize) -> Busline {
 
 struct Raw {
     tx: mpsc::Sender<Vec<u8>>,
-    done: Arc<Done>,
+    done: Arc<Countdown>,
     latencies: Arc<std::sync::Mutex<Vec<u64>>>,
     record_latency: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -130,7 +97,7 @@ struct Raw {
 /// typed event.
 fn raw_setup(capacity: usize) -> Raw {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(capacity);
-    let done = Arc::new(Done::default());
+    let done = Arc::new(Countdown::default());
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let record_latency = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (d, l, r) = (done.clone(), latencies.clone(), record_latency.clone());
@@ -175,7 +142,7 @@ async fn raw_throughput(r: &Raw, n: u64) -> f64 {
 
 /// Publishes `n` events at about `rate` per second, one at a time, and waits
 /// until all are handled (the handlers record the latencies).
-async fn latency<F, Fut>(n: u64, rate: u64, done: &Done, publish: F)
+async fn latency<F, Fut>(n: u64, rate: u64, done: &Countdown, publish: F)
 where
     F: Fn(u64) -> Fut,
     Fut: std::future::Future<Output = ()>,

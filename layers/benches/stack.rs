@@ -8,7 +8,6 @@
 //! `cargo bench -p busline-layers --bench stack` (`BENCH_EVENTS` sets the
 //! events per run, default 100,000; `BENCH_RUNS` the rounds, default 11).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +17,8 @@ use busline_layers::{
     RouterExt,
 };
 use busline_memory::{MemoryBroker, MemoryConfig};
+use busline_testkit::support::Countdown;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct OrderPlaced {
@@ -32,47 +31,14 @@ impl Event for OrderPlaced {
     const TYPE: &'static str = "bench.order_placed";
 }
 
-#[derive(Default)]
-struct Done {
-    count: AtomicU64,
-    target: AtomicU64,
-    reached: Notify,
-}
-
-impl Done {
-    fn hit(&self) {
-        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == self.target.load(Ordering::Relaxed) {
-            self.reached.notify_one();
-        }
-    }
-
-    async fn wait(&self, target: u64) {
-        loop {
-            let notified = self.reached.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count.load(Ordering::Relaxed) >= target {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    fn reset(&self, target: u64) {
-        self.count.store(0, Ordering::Relaxed);
-        self.target.store(target, Ordering::Relaxed);
-    }
-}
-
 struct Setup {
     bus: Bus,
-    done: Arc<Done>,
+    done: Arc<Countdown>,
     _router: RunningRouter,
 }
 
 fn handler(
-    done: Arc<Done>,
+    done: Arc<Countdown>,
 ) -> impl Fn(DomainEvent<OrderPlaced>, Context) -> std::future::Ready<Result<(), HandlerError>>
        + Send
        + Sync
@@ -89,7 +55,7 @@ async fn setup(stack: Option<DefaultStack>) -> Setup {
         queue_capacity: 100_000,
     });
     let bus = Bus::new(broker.connect(), BusSettings::default().with_service("bench"));
-    let done = Arc::new(Done::default());
+    let done = Arc::new(Countdown::default());
     let router = Router::new(bus.clone(), "billing").with_max_in_flight(256);
     let router = match stack {
         None => {

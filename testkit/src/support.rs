@@ -1,9 +1,11 @@
 //! Small tools for tests against shared brokers: unique names, bounded waits.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use busline_core::{Context, DomainEvent, Event, Handler, HandlerError};
 use tokio::sync::Notify;
 
 /// How long the suite waits for anything before it fails, saying what it
@@ -111,5 +113,64 @@ impl<T: Clone> Collector<T> {
     /// Waits until there are at least `n` items.
     pub async fn wait_len(&self, n: usize, limit: Duration, what: &str) -> Vec<T> {
         self.wait_until(limit, what, |items| items.len() >= n).await
+    }
+}
+
+/// A handler that records every event it handles into `sink` and succeeds.
+///
+/// ```
+/// use busline_testkit::events::Ping;
+/// use busline_testkit::support::{recorder, Collector};
+/// let got = Collector::new();
+/// let handler = recorder::<Ping>(&got);
+/// # let _ = handler;
+/// ```
+pub fn recorder<E: Event + Clone>(sink: &Arc<Collector<DomainEvent<E>>>) -> impl Handler<E> {
+    let sink = sink.clone();
+    move |event: DomainEvent<E>, _ctx: Context| {
+        let sink = sink.clone();
+        async move {
+            sink.push(event);
+            Ok::<_, HandlerError>(())
+        }
+    }
+}
+
+/// Counts handled events towards a target and wakes whoever waits for it;
+/// for benchmarks, where a [`Collector`] would cost more than what is
+/// measured.
+#[derive(Debug, Default)]
+pub struct Countdown {
+    count: AtomicU64,
+    target: AtomicU64,
+    reached: Notify,
+}
+
+impl Countdown {
+    /// Counts one event.
+    pub fn hit(&self) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.target.load(Ordering::Relaxed) {
+            self.reached.notify_one();
+        }
+    }
+
+    /// Starts a new count towards `target`.
+    pub fn reset(&self, target: u64) {
+        self.count.store(0, Ordering::Relaxed);
+        self.target.store(target, Ordering::Relaxed);
+    }
+
+    /// Waits until `target` events are counted (unbounded: benchmarks only).
+    pub async fn wait(&self, target: u64) {
+        loop {
+            let notified = self.reached.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Relaxed) >= target {
+                return;
+            }
+            notified.await;
+        }
     }
 }

@@ -9,9 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use busline_core::{Context, DomainEvent, HandlerError, Router};
+use busline_core::{DomainEvent, Router};
 use busline_testkit::events::Ping;
-use busline_testkit::support::{unique, within, Collector, WAIT};
+use busline_testkit::support::{recorder, unique, within, Collector, WAIT};
 use busline_testkit::BusFixture;
 use common::KafkaFixture;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -102,15 +102,8 @@ async fn cloudevents_from_a_plain_client_reach_a_typed_handler(fixture: KafkaFix
     let bus = fixture.connect().await;
     let (topic, group) = (unique("interop-in"), unique("g"));
     let got = Collector::<DomainEvent<Ping>>::new();
-    let sink = got.clone();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
-            let sink = sink.clone();
-            async move {
-                sink.push(e);
-                Ok::<_, HandlerError>(())
-            }
-        })
+        .on::<Ping, _>(&topic, recorder(&got))
         .start()
         .await
         .unwrap();

@@ -210,22 +210,15 @@ impl Member {
         Some(self.deliver(entry, permit))
     }
 
-    /// The next delivery, or `None` once the client is closed.
+    /// The next delivery, waiting for in-flight room and a message; `None`
+    /// once the client is closed. The stream calls it only after
+    /// [`try_next`](Self::try_next) found nothing.
     async fn next(&self) -> Option<Delivery> {
-        if self.closed.is_set() {
-            return None;
-        }
-        let permit = match self.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
-                biased;
-                _ = self.closed.wait() => return None,
-                p = self.in_flight.clone().acquire_owned() => p.ok()?,
-            },
+        let permit = tokio::select! {
+            biased;
+            _ = self.closed.wait() => return None,
+            p = self.in_flight.clone().acquire_owned() => p.ok()?,
         };
-        if let Some(entry) = self.queue.try_pop() {
-            return Some(self.deliver(entry, permit));
-        }
         loop {
             let available = self.queue.available();
             tokio::pin!(available);

@@ -7,10 +7,10 @@ mod common;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use busline_core::{Context, DomainEvent, HandlerError, Router, SubscribeOptions};
+use busline_core::{DomainEvent, Router, SubscribeOptions};
 use busline_nats::TopicNames;
 use busline_testkit::events::Ping;
-use busline_testkit::support::{unique, within, Collector, WAIT};
+use busline_testkit::support::{recorder, unique, within, Collector, WAIT};
 use busline_testkit::BusFixture;
 use common::NatsFixture;
 use futures::StreamExt;
@@ -69,15 +69,8 @@ async fn cloudevents_from_a_plain_client_reach_a_typed_handler() {
     let bus = fixture.connect().await;
     let (topic, group) = (unique("interop.in"), unique("g"));
     let got = Collector::<DomainEvent<Ping>>::new();
-    let sink = got.clone();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
-            let sink = sink.clone();
-            async move {
-                sink.push(e);
-                Ok::<_, HandlerError>(())
-            }
-        })
+        .on::<Ping, _>(&topic, recorder(&got))
         .start()
         .await
         .unwrap();

@@ -6,9 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use busline_core::{Bus, Context, DomainEvent, Event, HandlerError, Router};
+use busline_core::{Bus, DomainEvent, Event, Router};
 use busline_rabbitmq::RabbitConfig;
-use busline_testkit::support::{within, Collector, WAIT};
+use busline_testkit::support::{recorder, within, Collector, WAIT};
 use busline_testkit::test_settings;
 use common::{unique, RabbitFixture};
 use futures::StreamExt;
@@ -154,15 +154,8 @@ async fn a_cloudevents_message_from_plain_lapin_reaches_a_typed_handler() {
     );
     let (topic, group) = (unique("interop-in"), unique("g"));
     let got = Collector::<DomainEvent<OrderPlaced>>::new();
-    let sink = got.clone();
     let router = Router::new(bus.clone(), &group)
-        .on::<OrderPlaced, _>(&topic, move |e: DomainEvent<OrderPlaced>, _ctx: Context| {
-            let sink = sink.clone();
-            async move {
-                sink.push(e);
-                Ok::<_, HandlerError>(())
-            }
-        })
+        .on::<OrderPlaced, _>(&topic, recorder(&got))
         .start()
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::{skip, DlqReader};
 use crate::events::{Order, OrderV1, OrderV3, Ping, Pong};
-use crate::support::{eventually, unique, Collector, WAIT};
+use crate::support::{eventually, recorder, unique, Collector, WAIT};
 use crate::BusFixture;
 
 /// Scenario 10: Order per key under concurrent handling, across a retry (where the
@@ -190,15 +190,8 @@ pub async fn correlation_and_causation(fixture: &dyn BusFixture) {
         .await
         .unwrap();
     let got = Collector::<DomainEvent<Pong>>::new();
-    let sink = got.clone();
     let listener = Router::new(bus.clone(), &group)
-        .on::<Pong, _>(&pongs, move |e: DomainEvent<Pong>, _ctx: Context| {
-            let sink = sink.clone();
-            async move {
-                sink.push(e);
-                Ok::<_, HandlerError>(())
-            }
-        })
+        .on::<Pong, _>(&pongs, recorder(&got))
         .start()
         .await
         .unwrap();
