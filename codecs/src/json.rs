@@ -46,3 +46,25 @@ impl Codec for Json {
         de.end().map_err(decode_error)
     }
 }
+
+#[cfg(test)]
+mod depth_tests {
+    #[test]
+    fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
+        // serde_json refuses nesting beyond 128 levels on its own; pinned
+        // here because a hostile payload relies on it.
+        let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                crate::CodecRegistry::json()
+                    .decode::<serde_json::Value>("application/json", nested.as_bytes())
+                    .unwrap_err()
+                    .to_string()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(err.contains("recursion limit"), "{err}");
+    }
+}

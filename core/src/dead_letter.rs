@@ -56,6 +56,16 @@ pub enum DeadLetterReason {
     UnknownEventType,
     /// Dead-lettered by the application itself.
     Manual,
+    /// A dead letter that the broker would not take at full size (body or
+    /// headers over its limit): the letter carries the headers, the reason
+    /// and a cut body, so that the original never loops.
+    TooLarge,
+    /// The client library could not parse the message at all (bytes that are
+    /// not UTF-8 where the protocol client insists on text); it was moved
+    /// aside by a broker-level mechanism and written to the DLQ as bytes.
+    UnparseableMessage,
+    /// Decoding or upcasting the event panicked before any handler ran.
+    Panic,
 }
 
 impl DeadLetterReason {
@@ -70,10 +80,13 @@ impl DeadLetterReason {
             Self::UnsupportedVersion => "unsupported_version",
             Self::UnknownEventType => "unknown_event_type",
             Self::Manual => "manual",
+            Self::TooLarge => "too_large",
+            Self::UnparseableMessage => "unparseable_message",
+            Self::Panic => "panic",
         }
     }
 
-    const ALL: [DeadLetterReason; 8] = [
+    const ALL: [DeadLetterReason; 11] = [
         Self::MaxAttemptsExceeded,
         Self::PermanentError,
         Self::MalformedEnvelope,
@@ -82,6 +95,9 @@ impl DeadLetterReason {
         Self::UnsupportedVersion,
         Self::UnknownEventType,
         Self::Manual,
+        Self::TooLarge,
+        Self::UnparseableMessage,
+        Self::Panic,
     ];
 }
 

@@ -165,6 +165,8 @@ pub fn validate<T>(event: &DomainEvent<T>) -> Result<(), EnvelopeError> {
     if event.causation_id.as_deref() == Some("") {
         return Err(EnvelopeError::invalid(attr::CAUSATIONID, "empty"));
     }
+    check_source(&event.source)?;
+    check_time(&event.time)?;
     for name in event.extensions.keys() {
         if !is_valid_attribute_name(name) {
             return Err(EnvelopeError::InvalidName { name: name.clone() });
@@ -172,8 +174,77 @@ pub fn validate<T>(event: &DomainEvent<T>) -> Result<(), EnvelopeError> {
         if attr::RESERVED.contains(&name.as_str()) {
             return Err(EnvelopeError::Reserved { name: name.clone() });
         }
+        if name.len() > RECOMMENDED_NAME_LEN {
+            // CloudEvents 1.0 says names SHOULD NOT exceed 20 characters;
+            // busline writes and reads them up to 64, so a foreign event with
+            // a long name can still be dead-lettered and replayed, but says
+            // so: some SDKs refuse such events.
+            tracing::warn!(extension = %name, "extension name longer than the 20 characters CloudEvents recommends");
+        }
     }
     Ok(())
+}
+
+/// The longest attribute name CloudEvents 1.0 recommends (§ Attribute Naming
+/// Convention); longer names up to 64 characters are accepted with a warning.
+pub const RECOMMENDED_NAME_LEN: usize = 20;
+
+/// Checks that `source` is a URI-reference (RFC 3986): ASCII, no spaces or
+/// controls, only characters a URI may hold, every `%` followed by two hex
+/// digits. `billing-service`, `/orders/eu` and `https://shop.example/orders`
+/// pass; `my service` and `café` do not.
+///
+/// Checked where busline writes an event, not where it reads one: a foreign
+/// producer's sloppy source still reaches the handler, and replaying such an
+/// event needs a repair of its source (the publish is refused, the letter
+/// stays in the DLQ).
+pub fn check_source(source: &str) -> Result<(), EnvelopeError> {
+    let bytes = source.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let ok = b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&b);
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+            if !hex {
+                return Err(EnvelopeError::invalid(
+                    attr::SOURCE,
+                    format!("`{source}` is not a URI-reference: `%` without two hex digits"),
+                ));
+            }
+            i += 3;
+            continue;
+        }
+        if !ok {
+            return Err(EnvelopeError::invalid(
+                attr::SOURCE,
+                format!(
+                    "`{source}` is not a URI-reference: it holds {:?}",
+                    source[i..].chars().next().unwrap_or('?')
+                ),
+            ));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Checks that `time` can be written back as RFC 3339: a year from 0000 to
+/// 9999. A time outside that range (such as `9999-12-31T23:59:59-01:00`,
+/// which is year 10000 in UTC) would read but never write again, so a replay
+/// would turn a good letter into poison: it is refused where it is read.
+pub fn check_time(time: &DateTime<Utc>) -> Result<(), EnvelopeError> {
+    use chrono::Datelike;
+    if (0..=9999).contains(&time.year()) {
+        Ok(())
+    } else {
+        Err(EnvelopeError::invalid(
+            attr::TIME,
+            format!("year {} is outside 0000-9999 in UTC", time.year()),
+        ))
+    }
 }
 
 /// Formats a time the way it travels: RFC 3339, UTC, with as many fraction
@@ -243,6 +314,16 @@ pub fn for_each_header(
     Ok(())
 }
 
+/// Reads an RFC 3339 time, refusing one that could not be written back
+/// ([`check_time`]).
+pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, EnvelopeError> {
+    let time = DateTime::parse_from_rfc3339(text)
+        .map_err(|e| EnvelopeError::invalid(attr::TIME, format!("`{text}` is not RFC 3339: {e}")))?
+        .with_timezone(&Utc);
+    check_time(&time)?;
+    Ok(time)
+}
+
 /// What a broker carries outside its header table.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NativeAttributes<'a> {
@@ -255,19 +336,25 @@ pub struct NativeAttributes<'a> {
 
 /// Reads an envelope back from broker headers.
 ///
-/// Headers without the dialect's prefix (other than the content-type header)
-/// are not part of the envelope and are ignored. The prefix and attribute
+/// Header names are bytes, as brokers carry them (`&str` works too): a
+/// foreign producer may write names that are not UTF-8. Headers without the
+/// dialect's prefix (other than the content-type header) are not part of
+/// the envelope and are ignored, whatever their bytes; a prefixed name that
+/// is not a valid attribute name is an error. The prefix and attribute
 /// names are matched without regard to case, since some clients canonicalize
-/// header names. Anything missing or malformed is a typed [`EnvelopeError`];
-/// this function never panics on input.
-pub fn decode_headers<'h, I>(
+/// header names. A content type of `application/cloudevents+json` is a
+/// structured-mode event: the envelope is read from the body instead (see
+/// [`decode_structured`]). Anything missing or malformed is a typed
+/// [`EnvelopeError`]; this function never panics on input.
+pub fn decode_headers<'h, N, I>(
     dialect: &HeaderDialect,
     headers: I,
     native: NativeAttributes<'_>,
     body: Bytes,
 ) -> Result<RawEvent, EnvelopeError>
 where
-    I: IntoIterator<Item = (&'h str, &'h [u8])>,
+    N: AsRef<[u8]> + 'h,
+    I: IntoIterator<Item = (N, &'h [u8])>,
 {
     // Known attributes go to their slot; only extensions are kept by name.
     const KNOWN: [&str; 10] = [
@@ -287,8 +374,9 @@ where
     let mut content_type_header = None;
     let prefix = dialect.prefix;
     for (name, raw) in headers {
+        let name = name.as_ref();
         if let Some(ct) = dialect.content_type_header {
-            if name.eq_ignore_ascii_case(ct) {
+            if name.eq_ignore_ascii_case(ct.as_bytes()) {
                 if content_type_header.is_some() {
                     return Err(EnvelopeError::Duplicate {
                         attribute: attr::DATACONTENTTYPE.into(),
@@ -305,10 +393,14 @@ where
         let Some(head) = name.get(..prefix.len()) else {
             continue;
         };
-        if !head.eq_ignore_ascii_case(prefix) {
+        if !head.eq_ignore_ascii_case(prefix.as_bytes()) {
             continue;
         }
-        let attribute = &name[prefix.len()..];
+        let Ok(attribute) = std::str::from_utf8(&name[prefix.len()..]) else {
+            return Err(EnvelopeError::InvalidName {
+                name: String::from_utf8_lossy(name).into_owned(),
+            });
+        };
         let attribute: std::borrow::Cow<'_, str> = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
             attribute.to_ascii_lowercase().into()
         } else {
@@ -316,7 +408,7 @@ where
         };
         if !is_valid_attribute_name(&attribute) {
             return Err(EnvelopeError::InvalidName {
-                name: name.to_owned(),
+                name: String::from_utf8_lossy(name).into_owned(),
             });
         }
         let value = dialect.decode_value(&attribute, raw)?;
@@ -329,6 +421,11 @@ where
                 attribute: attribute.into_owned(),
             });
         }
+    }
+
+    let declared_type = native.content_type.or(content_type_header.as_deref());
+    if declared_type.is_some_and(structured::is_structured) {
+        return structured::decode_structured(&body, native.key);
     }
 
     let mut take = |name: &str| {
@@ -352,9 +449,7 @@ where
     let event_type = required(take(attr::TYPE), attr::TYPE)?;
     let source = required(take(attr::SOURCE), attr::SOURCE)?;
     let time_text = required(take(attr::TIME), attr::TIME)?;
-    let time = DateTime::parse_from_rfc3339(&time_text)
-        .map_err(|e| EnvelopeError::invalid(attr::TIME, format!("`{time_text}` is not RFC 3339: {e}")))?
-        .with_timezone(&Utc);
+    let time = parse_time(&time_text)?;
     // Events from producers that do not know busline's extensions are
     // version 1 and start their own correlation chain.
     let version = match take(attr::DATAVERSION) {
@@ -407,5 +502,10 @@ where
     })
 }
 
+mod structured;
+pub use structured::{decode_structured, encode_structured, is_structured, STRUCTURED_JSON};
+
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

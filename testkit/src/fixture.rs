@@ -14,8 +14,9 @@ pub struct WireInput {
     /// Event type, for backends that route by it (AMQP routing key, NATS
     /// subject); the headers need not contain it.
     pub event_type: String,
-    /// Headers, already named in the backend's dialect.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Headers, already named in the backend's dialect. Names are bytes: a
+    /// hostile producer writes names that are not UTF-8.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// Content type, for brokers with a native property (AMQP).
     pub content_type: Option<String>,
     /// Native key, for brokers that have one (Kafka).
@@ -93,10 +94,13 @@ impl BusFixture for MemoryFixture {
     async fn publish_wire(&self, topic: &str, message: WireInput) -> Result<(), String> {
         let mut headers = message.headers;
         if let Some(ct) = message.content_type {
-            headers.push(("content-type".into(), ct.into_bytes()));
+            headers.push((b"content-type".to_vec(), ct.into_bytes()));
         }
         if let Some(key) = message.key {
-            headers.push((HeaderDialect::MEMORY.header("partitionkey"), key.into_bytes()));
+            headers.push((
+                HeaderDialect::MEMORY.header("partitionkey").into_bytes(),
+                key.into_bytes(),
+            ));
         }
         self.broker
             .connect()

@@ -11,8 +11,9 @@ use bytes::Bytes;
 /// body.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WireMessage {
-    /// Header names and raw values.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Header names and values, as bytes: what a foreign producer writes
+    /// need not be UTF-8.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// The body.
     pub body: Bytes,
 }
@@ -22,7 +23,7 @@ impl WireMessage {
     pub fn from_event(event: &RawEvent) -> Result<Self, EnvelopeError> {
         let headers = wire::encode_headers(event, &HeaderDialect::MEMORY)?
             .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
+            .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
             .collect();
         Ok(Self {
             headers,
@@ -34,7 +35,7 @@ impl WireMessage {
     pub fn decode(&self) -> Result<RawEvent, EnvelopeError> {
         wire::decode_headers(
             &HeaderDialect::MEMORY,
-            self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            self.headers.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
             NativeAttributes::default(),
             self.body.clone(),
         )
@@ -45,7 +46,7 @@ impl WireMessage {
         let name = HeaderDialect::MEMORY.header(wire::attr::PARTITIONKEY);
         self.headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 }
@@ -84,7 +85,7 @@ impl Stored {
             Stored::Wire(w) => {
                 let mut w = w.clone();
                 for (name, value) in letter.attributes() {
-                    let header = HeaderDialect::MEMORY.header(name);
+                    let header = HeaderDialect::MEMORY.header(name).into_bytes();
                     w.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&header));
                     w.headers.push((header, value.into_bytes()));
                 }

@@ -782,7 +782,7 @@ fn no_headers_at_all_is_missing_specversion() {
     for (label, dialect) in DIALECTS {
         let result = decode_headers(
             &dialect,
-            std::iter::empty(),
+            std::iter::empty::<(&str, &[u8])>(),
             NativeAttributes::default(),
             Bytes::new(),
         );
@@ -1247,6 +1247,17 @@ fn random_time(rng: &mut fastrand::Rng) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, nanos).unwrap()
 }
 
+/// A source as the envelope allows it: a URI-reference, with escapes.
+fn random_uri_reference(rng: &mut fastrand::Rng) -> String {
+    const CHARS: &[u8] = b"abcXYZ019-._~:/?#[]@!$&'()*+,;=";
+    (0..rng.usize(1..30))
+        .map(|_| match rng.u8(0..8) {
+            0 => format!("%{:02X}", rng.u8(..)),
+            _ => (CHARS[rng.usize(..CHARS.len())] as char).to_string(),
+        })
+        .collect()
+}
+
 fn random_event(rng: &mut fastrand::Rng) -> RawEvent {
     let mut extensions = BTreeMap::new();
     for _ in 0..rng.usize(0..6) {
@@ -1265,7 +1276,7 @@ fn random_event(rng: &mut fastrand::Rng) -> RawEvent {
         id,
         event_type: random_string(rng, 1..30),
         version: rng.u32(..),
-        source: random_string(rng, 1..30),
+        source: random_uri_reference(rng),
         time: random_time(rng),
         causation_id: rng.bool().then(|| random_string(rng, 1..40)),
         key: rng.bool().then(|| random_string(rng, 0..40)),

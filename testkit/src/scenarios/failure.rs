@@ -200,7 +200,7 @@ fn malformed_message(bus: &busline_core::Bus, topic: &str, fixture: &dyn BusFixt
         .unwrap()
         .into_iter()
         .filter(|(k, _)| *k != id_header)
-        .map(|(k, v)| (k, v.into_bytes()))
+        .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
         .collect();
     WireInput {
         event_type: event.event_type.clone(),

@@ -126,8 +126,9 @@ impl BusFixture for KafkaFixture {
         let producer: FutureProducer = self.plain_config().create().map_err(|e| e.to_string())?;
         let mut headers = OwnedHeaders::new();
         for (name, value) in &message.headers {
+            let name = std::str::from_utf8(name).map_err(|_| "rdkafka writes only UTF-8 header names")?;
             headers = headers.insert(Header {
-                key: name.as_str(),
+                key: name,
                 value: Some(value.as_slice()),
             });
         }

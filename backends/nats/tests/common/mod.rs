@@ -99,8 +99,9 @@ impl BusFixture for NatsFixture {
         let js = async_nats::jetstream::new(client.clone());
         let mut headers = HeaderMap::new();
         for (name, value) in &message.headers {
+            let name = std::str::from_utf8(name).map_err(|e| e.to_string())?;
             let value = String::from_utf8(value.clone()).map_err(|e| e.to_string())?;
-            headers.append(name.as_str(), value);
+            headers.append(name, value);
         }
         if let Some(ct) = message.content_type {
             headers.insert("content-type", ct);

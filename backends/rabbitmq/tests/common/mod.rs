@@ -67,8 +67,11 @@ impl BusFixture for RabbitFixture {
         let table: BTreeMap<ShortString, AMQPValue> = message
             .headers
             .into_iter()
-            .map(|(k, v)| (ShortString::from(k), AMQPValue::LongString(LongString::from(v))))
-            .collect();
+            .map(|(k, v)| {
+                let k = String::from_utf8(k).map_err(|_| "lapin writes only UTF-8 header names")?;
+                Ok((ShortString::from(k), AMQPValue::LongString(LongString::from(v))))
+            })
+            .collect::<Result<_, String>>()?;
         let mut props = BasicProperties::default()
             .with_headers(FieldTable::from(table))
             .with_delivery_mode(2);
