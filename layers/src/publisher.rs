@@ -67,16 +67,23 @@ pub struct PublishPolicy {
     pub retry: RetryPolicy,
     /// `(consecutive transient failures, open duration)`: after that many
     /// failures in a row, publishes fail fast for that long, then one probe
-    /// goes through; its success closes the breaker. `None`: no breaker.
+    /// goes through; its success closes the breaker. A probe whose caller
+    /// drops the publish tells nothing, and the next publish probes.
+    /// `None`: no breaker.
     pub breaker: Option<(u32, Duration)>,
 }
 
 impl Default for PublishPolicy {
-    /// 10 s per attempt; 3 attempts, backoff from 100 ms to 2 s; the breaker
-    /// opens after 5 failures in a row, for 10 s.
+    /// 5 s per attempt; 3 attempts, backoff from 100 ms to 2 s (jitter
+    /// 20%); the breaker opens after 5 failures in a row, for 10 s.
+    ///
+    /// A publish gives up after at most 3 × 5 s + 120 ms + 240 ms =
+    /// 15.36 s ([`longest`](Self::longest)), well inside the router's
+    /// default 30 s handler timeout, so a `ctx.publish` during an outage
+    /// returns its error to the handler instead of being cancelled with it.
     fn default() -> Self {
         Self {
-            timeout: Some(Duration::from_secs(10)),
+            timeout: Some(Duration::from_secs(5)),
             retry: RetryPolicy::default()
                 .with_max_attempts(3)
                 .with_backoff(Duration::from_millis(100), Duration::from_secs(2)),
@@ -102,6 +109,25 @@ impl PublishPolicy {
     pub fn with_breaker(mut self, breaker: Option<(u32, Duration)>) -> Self {
         self.breaker = breaker.map(|(n, d)| (n.max(1), d));
         self
+    }
+
+    /// The longest a publish can take before it returns: every attempt
+    /// timing out, plus the largest backoff (jitter included) between them.
+    /// `None` without a per-attempt timeout. Keep it below the handler
+    /// timeout of routers that publish from handlers.
+    pub fn longest(&self) -> Option<Duration> {
+        let timeout = self.timeout?;
+        let attempts = self.retry.max_attempts.max(1);
+        let jitter = 1.0 + self.retry.jitter.clamp(0.0, 1.0);
+        let backoff: Duration = (1..attempts)
+            .map(|a| {
+                self.retry
+                    .base_backoff(a)
+                    .mul_f64(jitter)
+                    .min(self.retry.max_backoff)
+            })
+            .sum();
+        Some(timeout * attempts + backoff)
     }
 }
 
@@ -160,19 +186,20 @@ impl GuardedBus {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// May an attempt go out now? `Err` with the time left while open.
-    fn admit(&self) -> Result<(), Duration> {
+    /// May an attempt go out now? `Ok(true)` for the half-open probe, `Err`
+    /// with the time left while open.
+    fn admit(&self) -> Result<bool, Duration> {
         if self.policy.breaker.is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let mut state = self.lock();
         match *state {
-            BreakerState::Closed { .. } => Ok(()),
+            BreakerState::Closed { .. } => Ok(false),
             BreakerState::Open { until } => {
                 let now = Instant::now();
                 if now >= until {
                     *state = BreakerState::Probing;
-                    Ok(())
+                    Ok(true)
                 } else {
                     Err(until - now)
                 }
@@ -203,6 +230,19 @@ impl GuardedBus {
         *state = next;
     }
 
+    /// Gives back a probe whose publish never ended (its caller's future was
+    /// dropped): it tells nothing about the broker, so the breaker lets the
+    /// next publish probe at once.
+    fn release_probe(&self) {
+        let mut state = self.lock();
+        if matches!(*state, BreakerState::Probing) {
+            tracing::debug!("publisher probe cancelled; the next publish probes");
+            *state = BreakerState::Open {
+                until: Instant::now(),
+            };
+        }
+    }
+
     async fn attempt<F, Fut>(&self, topic: &str, send: F) -> Result<(), PublishError>
     where
         F: Fn() -> Fut,
@@ -210,10 +250,15 @@ impl GuardedBus {
     {
         let mut attempt = 1;
         loop {
-            if let Err(retry_in) = self.admit() {
-                return Err(PublishError::new(PublishErrorKind::Connection, topic)
-                    .with_source(CircuitOpen { retry_in }));
-            }
+            let probe = match self.admit() {
+                Ok(probe) => ProbeGuard {
+                    bus: probe.then_some(self),
+                },
+                Err(retry_in) => {
+                    return Err(PublishError::new(PublishErrorKind::Connection, topic)
+                        .with_source(CircuitOpen { retry_in }))
+                }
+            };
             let result = match self.policy.timeout {
                 Some(limit) => match tokio::time::timeout(limit, send()).await {
                     Ok(result) => result,
@@ -222,6 +267,7 @@ impl GuardedBus {
                 },
                 None => send().await,
             };
+            let was_probe = probe.settle();
             let error = match result {
                 Ok(()) => {
                     self.record(false);
@@ -231,8 +277,8 @@ impl GuardedBus {
             };
             if !is_transient(error.kind()) {
                 // Not the broker's health: leave the breaker as it is, unless
-                // this was its probe.
-                if matches!(*self.lock(), BreakerState::Probing) {
+                // this was its probe (the broker answered).
+                if was_probe {
                     self.record(false);
                 }
                 return Err(error);
@@ -246,6 +292,31 @@ impl GuardedBus {
                 }
                 RetryDecision::GiveUp => return Err(error),
             }
+        }
+    }
+}
+
+/// Held across the half-open probe's attempt: the caller may drop the
+/// publish future at any await (a handler timeout, a `select!`, shutdown),
+/// and then only this guard's drop can take the breaker out of `Probing`,
+/// which would otherwise refuse every later publish for good.
+struct ProbeGuard<'a> {
+    /// The bus whose probe this is; `None` for an ordinary attempt.
+    bus: Option<&'a GuardedBus>,
+}
+
+impl ProbeGuard<'_> {
+    /// The attempt ended and its outcome will be recorded; whether it was
+    /// the probe.
+    fn settle(mut self) -> bool {
+        self.bus.take().is_some()
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(bus) = self.bus {
+            bus.release_probe();
         }
     }
 }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use busline_core::{
-    async_trait, Bus, Capabilities, EventBus, PublishError, PublishErrorKind, RawEvent, RetryPolicy,
-    SubscribeError, SubscribeOptions, Subscription,
+    async_trait, Bus, Capabilities, ConsumerConfig, EventBus, PublishError, PublishErrorKind, RawEvent,
+    RetryPolicy, SubscribeError, SubscribeOptions, Subscription,
 };
 use busline_layers::{is_circuit_open, GuardedBus, PublishPolicy};
 use busline_testkit::events::Ping;
@@ -153,4 +153,57 @@ async fn guarded_bus_publishes_through_to_the_memory_bus() {
     let bus = GuardedBus::wrap(&h.bus(), PublishPolicy::default());
     let id = bus.publish("t", Ping::new(1)).await.unwrap();
     assert_eq!(h.published::<Ping>()[0].id, id);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_dropped_mid_call_lets_the_next_publish_probe() {
+    let flaky = Flaky::default();
+    *flaky.script.lock().unwrap() = vec![Step::Fail(PublishErrorKind::Connection), Step::Hang];
+    let bus = guarded(
+        &flaky,
+        policy()
+            .with_timeout(Some(Duration::from_secs(10)))
+            .with_retry(RetryPolicy::default().with_max_attempts(1))
+            .with_breaker(Some((1, Duration::from_secs(5)))),
+    );
+    bus.publish("t", Ping::new(1)).await.unwrap_err();
+    assert!(is_circuit_open(
+        &bus.publish("t", Ping::new(2)).await.unwrap_err()
+    ));
+    tokio::time::advance(Duration::from_secs(5)).await;
+    // The probe reaches the broker and hangs; its caller gives up first (as
+    // a handler timeout or a `select!` would) and drops the future.
+    let dropped = tokio::time::timeout(Duration::from_secs(1), bus.publish("t", Ping::new(3))).await;
+    assert!(dropped.is_err(), "the probe was still waiting when dropped");
+    assert_eq!(flaky.attempts.lock().unwrap().len(), 2, "the probe went out");
+    // The broker works again: the next publish is let through as the new
+    // probe, succeeds, and closes the breaker.
+    bus.publish("t", Ping::new(4))
+        .await
+        .expect("the next publish probes instead of failing fast");
+    bus.publish("t", Ping::new(5)).await.unwrap();
+    assert_eq!(flaky.attempts.lock().unwrap().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_policy_gives_up_inside_the_default_handler_timeout() {
+    let handler_timeout = ConsumerConfig::default().handler_timeout.unwrap();
+    let longest = PublishPolicy::default().longest().unwrap();
+    assert!(longest < handler_timeout, "{longest:?} vs {handler_timeout:?}");
+    assert_eq!(
+        longest,
+        Duration::from_millis(15_360),
+        "3 × 5 s plus 100 ms and 200 ms backoff, 20% jitter each"
+    );
+    // A broker that never confirms: the default policy returns its error in
+    // time for a handler to see it.
+    let flaky = Flaky::default();
+    *flaky.script.lock().unwrap() = vec![Step::Hang; 3];
+    let bus = guarded(&flaky, PublishPolicy::default());
+    let start = Instant::now();
+    let err = bus.publish("t", Ping::new(1)).await.unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.kind(), PublishErrorKind::Timeout);
+    assert_eq!(flaky.attempts.lock().unwrap().len(), 3);
+    assert!(took <= longest && took >= Duration::from_secs(15), "{took:?}");
 }
