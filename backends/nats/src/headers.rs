@@ -53,7 +53,7 @@ pub(crate) fn dead_letter(original: Option<&HeaderMap>, letter: &DeadLetter, msg
         for (name, values) in original.iter() {
             let name: &str = name.as_ref();
             let replaced = added.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-            if replaced || name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") {
+            if replaced || is_server_header(name.as_bytes()) {
                 continue;
             }
             for v in values {
@@ -66,6 +66,13 @@ pub(crate) fn dead_letter(original: Option<&HeaderMap>, letter: &DeadLetter, msg
     }
     map.insert(MSG_ID, msg_id);
     map
+}
+
+/// Whether `name` is one of the server's own `Nats-` headers. Compared as
+/// bytes: a foreign name may have a multi-byte character where a `str`
+/// slice at a fixed byte index would panic.
+fn is_server_header(name: &[u8]) -> bool {
+    name.get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"nats-"))
 }
 
 /// The letter's attributes in the NATS dialect: `ce-` names and
@@ -117,6 +124,27 @@ mod tests {
         let mut e = event();
         e.extensions.insert(REPLAY_COUNT.into(), "2".into());
         assert_eq!(msg_id(&e), format!("{}:replay:2", e.id));
+    }
+
+    #[test]
+    fn non_ascii_names_are_kept_and_server_headers_dropped() {
+        let mut h = HeaderMap::new();
+        // `š` spans bytes 4 and 5: a slice at 5 would split it.
+        h.insert("natsš-x", "1");
+        h.insert("Nats-Expected-Stream", "s");
+        h.insert("näts", "2");
+        let letter = DeadLetter {
+            reason: DeadLetterReason::MalformedEnvelope,
+            error: "`id` is missing".into(),
+            topic: "orders".into(),
+            group: "g".into(),
+            attempts: 1,
+            failed_at: chrono::Utc::now(),
+        };
+        let d = dead_letter(Some(&h), &letter, "dl:x:1".into());
+        assert_eq!(d.get("natsš-x").unwrap().as_str(), "1");
+        assert_eq!(d.get("näts").unwrap().as_str(), "2");
+        assert!(d.get("Nats-Expected-Stream").is_none());
     }
 
     #[test]
