@@ -3,6 +3,12 @@
 //! acking the original; dead-letter by publishing an enriched copy to the
 //! DLQ topic and then acking. A copy is always confirmed before the
 //! original is acked, so a failure in between duplicates, never loses.
+//!
+//! Copies are published `mandatory`: a retry or dead-letter queue that an
+//! operator deleted makes the broker return the copy (and still confirm
+//! it), which would otherwise drop it silently and let the original be
+//! acked. A returned copy redeclares the group's topology and is sent once
+//! more; if that fails too the original goes back to the broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,17 +20,45 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use tokio::sync::watch;
 
+use crate::connection::Link;
 use crate::headers;
 use crate::publisher::{Failure, Outgoing, Publisher};
-use crate::topology;
+use crate::topology::{self, Topology};
 
 /// What every delivery of one subscription shares.
 pub(crate) struct GroupContext {
     pub(crate) topic: Arc<str>,
+    pub(crate) group: Arc<str>,
     pub(crate) queue: ShortString,
     pub(crate) retry_queue: ShortString,
     pub(crate) publisher: Arc<Publisher>,
+    /// Where a missing queue is redeclared from.
+    pub(crate) topology: Arc<Topology>,
+    pub(crate) link: Arc<Link>,
     pub(crate) closed: watch::Receiver<bool>,
+}
+
+impl GroupContext {
+    /// Publishes a retry or dead-letter copy, mandatory. When the broker
+    /// returns it or the exchange is gone, the group's queues and
+    /// exchanges are declared again and the copy is sent once more.
+    async fn publish_copy<'a>(&self, message: impl Fn() -> Outgoing<'a>) -> Result<(), Failure> {
+        match self.publisher.publish(message()).await {
+            Err(Failure::Unroutable(why) | Failure::NotFound(why)) => {
+                tracing::warn!(
+                    topic = %self.topic, group = %self.group, reason = %why,
+                    "a retry or dead-letter copy found no queue; declaring the group's queues again"
+                );
+                self.topology.forget_group(&self.topic, &self.group);
+                self.topology
+                    .provision(&self.link, &self.topic, &self.group)
+                    .await
+                    .map_err(|e| Failure::Connection(format!("redeclaring the topology failed: {e}")))?;
+                self.publisher.publish(message()).await
+            }
+            other => other,
+        }
+    }
 }
 
 /// The message as received, kept for republishing.
@@ -120,16 +154,15 @@ impl Acknowledge for RabbitAcker {
         let properties = headers::for_retry(&self.message.properties, next, delay);
         let sent = self
             .group
-            .publisher
-            .publish(Outgoing {
+            .publish_copy(|| Outgoing {
                 // The default exchange routes by queue name: straight into
                 // the group's own queue (or its retry queue), not to the
                 // other groups of the topic.
                 exchange: ShortString::from(""),
-                routing_key: queue,
-                properties,
+                routing_key: queue.clone(),
+                properties: properties.clone(),
                 body: &self.message.body,
-                mandatory: false,
+                mandatory: true,
             })
             .await;
         if let Err(failure) = sent {
@@ -151,13 +184,12 @@ impl Acknowledge for RabbitAcker {
         let properties = headers::for_dead_letter(&self.message.properties, &letter);
         let sent = self
             .group
-            .publisher
-            .publish(Outgoing {
-                exchange,
+            .publish_copy(|| Outgoing {
+                exchange: exchange.clone(),
                 routing_key: self.message.routing_key.clone(),
-                properties,
+                properties: properties.clone(),
                 body: &self.message.body,
-                mandatory: false,
+                mandatory: true,
             })
             .await;
         if let Err(failure) = sent {

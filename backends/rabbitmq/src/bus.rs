@@ -245,9 +245,12 @@ impl EventBus for RabbitBus {
             group_name: group.into(),
             group: Arc::new(GroupContext {
                 topic: topic.into(),
+                group: group.into(),
                 queue: names.0,
                 retry_queue: names.1,
                 publisher: self.inner.publisher.clone(),
+                topology: self.inner.topology.clone(),
+                link: self.inner.consume_link.clone(),
                 closed: self.inner.closed.subscribe(),
             }),
             prefetch: self.inner.config.prefetch_for(options.max_in_flight),

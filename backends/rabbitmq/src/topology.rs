@@ -122,6 +122,16 @@ impl Topology {
             .remove(topic);
     }
 
+    /// Forgets that `group` on `topic` was provisioned (a queue of it was
+    /// found missing), so the next `provision` declares it again.
+    pub(crate) fn forget_group(&self, topic: &str, group: &str) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .remove(&(topic.to_owned(), group.to_owned()));
+    }
+
     /// Makes sure the exchange of `topic` exists before publishing to it.
     pub(crate) async fn ensure_exchange(&self, link: &Link, topic: &str) -> Result<(), TopologyError> {
         let name = exchange_name(topic)?;
