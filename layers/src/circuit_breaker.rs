@@ -22,11 +22,15 @@ use tokio::time::Instant;
 ///   when the breaker opened wait for it, they do not fail.
 /// - **Half-open**: up to `half_open_probes` calls run as probes while
 ///   consumption pauses again; if they all succeed the breaker closes (and
-///   the window starts empty), if one fails it opens again.
+///   the window starts empty), if one fails it opens again. A probe that is
+///   cancelled (its future dropped) counts neither way: its slot is given
+///   back and another call probes.
 ///
-/// Failures are retryable errors, time-outs (from layers inside it) and
-/// panics; permanent errors and skips concern the event, not the
-/// dependency, and count as successes.
+/// Failures are retryable errors, time-outs (from layers inside it, or the
+/// router's handler timeout cancelling a running call) and panics;
+/// permanent errors and skips concern the event, not the dependency, and
+/// count as successes. A call dropped before it started counts for
+/// nothing.
 ///
 /// The gate holds back the handler's whole subscription (its topic in its
 /// group), other event types on that topic included.
@@ -253,6 +257,20 @@ impl Breaker {
         self.changed.notify_waiters();
     }
 
+    /// A probe ended without an outcome: another call may probe instead.
+    fn release_probe(&self) {
+        let mut state = self.lock();
+        if let State::HalfOpen { started, .. } = &mut *state {
+            if *started > 0 {
+                *started -= 1;
+                tracing::debug!("circuit breaker probe cancelled; another call may probe");
+                // The gate was closed once every probe was out; one is free.
+                self.gate.open();
+                self.changed.notify_waiters();
+            }
+        }
+    }
+
     fn record(&self, probe: bool, failed: bool) {
         let mut state = self.lock();
         match &mut *state {
@@ -294,15 +312,28 @@ impl Breaker {
     }
 }
 
-/// Records a failure for a call that ends without an outcome (a panic, or a
-/// cancellation).
+/// Tells the breaker how an admitted call ended, whichever way it ends.
+/// Made when the call is admitted, before its future is first polled, so a
+/// call dropped at any point still settles its share of the breaker's
+/// state (a probe slot left taken would close the gate for good).
 struct Outcome {
     breaker: Arc<Breaker>,
     probe: bool,
+    /// The inner handler was started (the call's future was polled).
+    started: bool,
     recorded: bool,
 }
 
 impl Outcome {
+    fn new(breaker: Arc<Breaker>, probe: bool) -> Self {
+        Self {
+            breaker,
+            probe,
+            started: false,
+            recorded: false,
+        }
+    }
+
     fn record(mut self, result: &Result<(), HandlerError>) {
         self.recorded = true;
         let failed = matches!(result, Err(e) if e.kind() == FailureKind::Retryable);
@@ -312,8 +343,20 @@ impl Outcome {
 
 impl Drop for Outcome {
     fn drop(&mut self) {
-        if !self.recorded {
+        if self.recorded {
+            return;
+        }
+        if std::thread::panicking() {
+            // The handler panicked (the router catches it above us).
             self.breaker.record(self.probe, true);
+        } else if self.probe {
+            // A cancelled probe tells nothing about the dependency: give its
+            // slot back so another call can probe.
+            self.breaker.release_probe();
+        } else if self.started {
+            // Cancelled while running: most often the router's handler
+            // timeout, a hanging dependency.
+            self.breaker.record(false, true);
         }
     }
 }
@@ -324,13 +367,10 @@ impl<E: Event, H: Handler<E>> Handler<E> for CircuitBreaker<H> {
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {
         let breaker = self.breaker.clone();
         if let Admission::Run { probe } = breaker.admit() {
+            let mut outcome = Outcome::new(breaker, probe);
             let call = self.inner.call(event, ctx);
             return Box::pin(async move {
-                let outcome = Outcome {
-                    breaker,
-                    probe,
-                    recorded: false,
-                };
+                outcome.started = true;
                 let result = call.await;
                 outcome.record(&result);
                 result
@@ -353,11 +393,8 @@ impl<E: Event, H: Handler<E>> Handler<E> for CircuitBreaker<H> {
                     Admission::WaitUntil(None) => changed.await,
                 }
             };
-            let outcome = Outcome {
-                breaker,
-                probe,
-                recorded: false,
-            };
+            let mut outcome = Outcome::new(breaker, probe);
+            outcome.started = true;
             let result = inner.call(event, ctx).await;
             outcome.record(&result);
             result

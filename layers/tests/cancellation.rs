@@ -1,0 +1,164 @@
+//! Calls whose future is dropped (a handler timeout, a `select!` in an outer
+//! layer, shutdown) give back what they held: a breaker's probe slot, a rate
+//! limiter's reservation. On the memory bus with tokio's clock paused.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use busline_core::{Context, DomainEvent, Event, Gate, Handler, HandlerError, Layer, RetryPolicy, Router};
+use busline_layers::{BreakerState, CircuitBreakerLayer};
+use busline_testkit::events::Ping;
+use busline_testkit::support::{eventually, Collector, WAIT};
+use busline_testkit::TestHarness;
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+/// An outer layer that, while `drop_next` is set, makes its inner call and
+/// drops it unpolled (as a `select!` whose other branch won first would),
+/// then fails the event as retryable.
+struct DropUnpolled<H> {
+    inner: H,
+    drop_next: Arc<AtomicBool>,
+}
+
+impl<E: Event, H: Handler<E>> Handler<E> for DropUnpolled<H> {
+    type Future = BoxFuture<'static, Result<(), HandlerError>>;
+
+    fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {
+        let call = self.inner.call(event, ctx);
+        if self.drop_next.swap(false, Ordering::SeqCst) {
+            drop(call);
+            return Box::pin(async { Err(HandlerError::retryable("given up before it ran")) });
+        }
+        Box::pin(call)
+    }
+
+    fn gate(&self) -> Option<Gate> {
+        self.inner.gate()
+    }
+}
+
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_attempts(1000)
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .with_jitter(0.0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_probe_dropped_before_it_ran_gives_its_slot_back() {
+    let h = TestHarness::new();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (ok, c) = (healthy.clone(), calls.clone());
+    let handler = move |_e: DomainEvent<Ping>, _ctx: Context| {
+        let (ok, c) = (ok.clone(), c.clone());
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            if ok.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(HandlerError::retryable("dependency down"))
+            }
+        }
+    };
+    let breaker = CircuitBreakerLayer::new()
+        .with_window_size(2)
+        .with_minimum_calls(2)
+        .with_open_duration(Duration::from_secs(10))
+        .with_half_open_probes(1)
+        .layer(handler);
+    let handle = breaker.handle();
+    let drop_next = Arc::new(AtomicBool::new(false));
+    let router = Router::new(h.bus(), "g")
+        .with_max_in_flight(1)
+        .with_retry(quick_retry())
+        .on::<Ping, _>(
+            "t",
+            DropUnpolled {
+                inner: breaker,
+                drop_next: drop_next.clone(),
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    h.bus().publish("t", Ping::new(1)).await.unwrap();
+    eventually(WAIT, "breaker open", || handle.state() == BreakerState::Open).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The first call after the open time is admitted as the only probe (the
+    // gate closes behind it) and dropped before it runs.
+    drop_next.store(true, Ordering::SeqCst);
+    healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    eventually(WAIT, "the probe was taken and dropped", || {
+        !drop_next.load(Ordering::SeqCst)
+    })
+    .await;
+    // Its slot is free again: the redelivered event probes, passes, and
+    // closes the breaker.
+    h.wait_for_handled::<Ping>(WAIT).await;
+    assert_eq!(handle.state(), BreakerState::Closed);
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the dropped probe never ran");
+    let stats = router.shutdown().await.unwrap();
+    assert_eq!((stats.handled, stats.dead_lettered), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_probe_cancelled_mid_call_counts_neither_way() {
+    let h = TestHarness::new();
+    let failing = Arc::new(AtomicBool::new(true));
+    let calls = Collector::new();
+    let (f, c) = (failing.clone(), calls.clone());
+    let handler = move |_e: DomainEvent<Ping>, _ctx: Context| {
+        let n = c.len();
+        c.push(Instant::now());
+        let failing = f.load(Ordering::SeqCst);
+        async move {
+            if failing {
+                return Err(HandlerError::retryable("dependency down"));
+            }
+            if n == 2 {
+                // The first probe hangs past the router's handler timeout.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            Ok(())
+        }
+    };
+    let breaker = CircuitBreakerLayer::new()
+        .with_window_size(2)
+        .with_minimum_calls(2)
+        .with_open_duration(Duration::from_secs(10))
+        .with_half_open_probes(1)
+        .layer(handler);
+    let handle = breaker.handle();
+    let router = Router::new(h.bus(), "g")
+        .with_max_in_flight(1)
+        .with_handler_timeout(Some(Duration::from_secs(1)))
+        .with_retry(quick_retry())
+        .on::<Ping, _>("t", breaker)
+        .start()
+        .await
+        .unwrap();
+    h.bus().publish("t", Ping::new(1)).await.unwrap();
+    eventually(WAIT, "breaker open", || handle.state() == BreakerState::Open).await;
+    failing.store(false, Ordering::SeqCst);
+    h.wait_for_handled::<Ping>(WAIT).await;
+    let calls = calls.snapshot();
+    assert_eq!(
+        calls.len(),
+        4,
+        "two failures, the cancelled probe, the probe that passed"
+    );
+    // The cancelled probe did not open the breaker again for 10 s: the
+    // redelivery probed as soon as the handler timeout and backoff allowed.
+    let gap = calls[3] - calls[2];
+    assert!(
+        gap < Duration::from_secs(2),
+        "the next probe came {gap:?} after the cancelled one"
+    );
+    assert_eq!(handle.state(), BreakerState::Closed);
+    let stats = router.shutdown().await.unwrap();
+    assert_eq!((stats.handled, stats.dead_lettered), (1, 0));
+}
