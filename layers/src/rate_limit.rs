@@ -11,6 +11,9 @@ use tokio::time::Instant;
 /// on average, with bursts of up to `burst` calls (default 1: evenly
 /// spaced). A call over the rate waits for its slot (it does not fail), so
 /// the subscription's in-flight bound applies backpressure to the broker.
+/// Waiting calls start in arrival order; one that is cancelled while it
+/// waits (a handler timeout, shutdown) gives its slot back, so the calls
+/// after it are not held back by it.
 ///
 /// Each handler the layer wraps gets a limiter of its own; it limits one
 /// process (one group member), not the group.
@@ -52,9 +55,12 @@ impl<H> Layer<H> for RateLimitLayer {
     fn layer(&self, inner: H) -> RateLimit<H> {
         RateLimit {
             inner: Arc::new(inner),
-            interval: self.interval,
-            burst: self.burst,
-            next: Arc::new(Mutex::new(None)),
+            limiter: Arc::new(Limiter {
+                interval: self.interval,
+                burst: self.burst,
+                next: Mutex::new(None),
+                queue: tokio::sync::Mutex::new(()),
+            }),
         }
     }
 }
@@ -63,25 +69,94 @@ impl<H> Layer<H> for RateLimitLayer {
 #[derive(Debug)]
 pub struct RateLimit<H> {
     inner: Arc<H>,
+    limiter: Arc<Limiter>,
+}
+
+#[derive(Debug)]
+struct Limiter {
     interval: Duration,
     burst: u32,
     /// The theoretical start of the next call (GCRA); `None` before the
     /// first.
-    next: Arc<Mutex<Option<Instant>>>,
+    next: Mutex<Option<Instant>>,
+    /// Calls that have to wait queue here in arrival order (tokio's mutex
+    /// is fair), and only the head holds a reservation. A waiting call that
+    /// is dropped thus holds at most the latest slot, which it can give
+    /// back without shifting anyone else's.
+    queue: tokio::sync::Mutex<()>,
 }
 
-impl<H> RateLimit<H> {
-    /// Reserves the next slot and returns when it starts.
-    fn reserve(&self) -> Instant {
+/// A reservation taken: the slot's start and the state to restore if it
+/// goes unused.
+struct Slot {
+    start: Instant,
+    before: Option<Instant>,
+    after: Instant,
+}
+
+impl Limiter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.next.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the next slot if it starts now.
+    fn try_now(&self) -> bool {
         let now = Instant::now();
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = self.lock();
+        let (start, after) = self.next_slot(*next, now);
+        if start > now {
+            return false;
+        }
+        *next = Some(after);
+        true
+    }
+
+    /// Reserves the next slot, however late it starts.
+    fn reserve(&self) -> Slot {
+        let now = Instant::now();
+        let mut next = self.lock();
+        let (start, after) = self.next_slot(*next, now);
+        let slot = Slot {
+            start,
+            before: *next,
+            after,
+        };
+        *next = Some(after);
+        slot
+    }
+
+    /// The next slot's start and the theoretical arrival time after it.
+    fn next_slot(&self, next: Option<Instant>, now: Instant) -> (Instant, Instant) {
         // GCRA: a call may start `tolerance` ahead of the theoretical
         // arrival time, which is what allows a burst.
         let tolerance = self.interval * (self.burst - 1);
         let tat = next.unwrap_or(now);
         let start = tat.checked_sub(tolerance).map_or(now, |t| t.max(now));
-        *next = Some(tat.max(start) + self.interval);
-        start
+        (start, tat.max(start) + self.interval)
+    }
+
+    /// Gives back a slot whose call never started, unless a later
+    /// reservation was made on top of it.
+    fn release(&self, slot: &Slot) {
+        let mut next = self.lock();
+        if *next == Some(slot.after) {
+            *next = slot.before;
+        }
+    }
+}
+
+/// Holds a waiting call's slot; dropped before the slot starts (the call
+/// cancelled while it waits), it gives the slot back.
+struct Reserved<'a> {
+    limiter: &'a Limiter,
+    slot: Option<Slot>,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            self.limiter.release(slot);
+        }
     }
 }
 
@@ -89,13 +164,23 @@ impl<E: Event, H: Handler<E>> Handler<E> for RateLimit<H> {
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {
-        let start = self.reserve();
-        if start <= Instant::now() {
+        if self.limiter.try_now() {
             return Box::pin(self.inner.call(event, ctx));
         }
-        let inner = self.inner.clone();
+        let (inner, limiter) = (self.inner.clone(), self.limiter.clone());
         Box::pin(async move {
-            tokio::time::sleep_until(start).await;
+            {
+                let _turn = limiter.queue.lock().await;
+                let slot = limiter.reserve();
+                let start = slot.start;
+                let mut reserved = Reserved {
+                    limiter: &limiter,
+                    slot: Some(slot),
+                };
+                tokio::time::sleep_until(start).await;
+                // The slot has started: it is used.
+                reserved.slot = None;
+            }
             inner.call(event, ctx).await
         })
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use busline_core::{Context, DomainEvent, Event, Gate, Handler, HandlerError, Layer, RetryPolicy, Router};
-use busline_layers::{BreakerState, CircuitBreakerLayer};
+use busline_layers::{BreakerState, CircuitBreakerLayer, RateLimitLayer};
 use busline_testkit::events::Ping;
 use busline_testkit::support::{eventually, Collector, WAIT};
 use busline_testkit::TestHarness;
@@ -161,4 +161,92 @@ async fn a_breaker_probe_cancelled_mid_call_counts_neither_way() {
     assert_eq!(handle.state(), BreakerState::Closed);
     let stats = router.shutdown().await.unwrap();
     assert_eq!((stats.handled, stats.dead_lettered), (1, 0));
+}
+
+/// An outer layer that gives up on the call of event `seq` after `after`
+/// (dropping it, as a `select!` or timeout would) and skips that event.
+struct GiveUpOn<H> {
+    inner: H,
+    seq: u64,
+    after: Duration,
+}
+
+impl<H: Handler<Ping>> Handler<Ping> for GiveUpOn<H> {
+    type Future = BoxFuture<'static, Result<(), HandlerError>>;
+
+    fn call(&self, event: DomainEvent<Ping>, ctx: Context) -> Self::Future {
+        let give_up = event.data.seq == self.seq;
+        let after = self.after;
+        let call = self.inner.call(event, ctx);
+        Box::pin(async move {
+            if !give_up {
+                return call.await;
+            }
+            match tokio::time::timeout(after, call).await {
+                Ok(result) => result,
+                Err(_) => Err(HandlerError::skip("given up")),
+            }
+        })
+    }
+
+    fn gate(&self) -> Option<Gate> {
+        self.inner.gate()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_waiting_call_gives_its_rate_limit_slot_back() {
+    let h = TestHarness::new();
+    let calls = Collector::new();
+    let c = calls.clone();
+    let handler = move |e: DomainEvent<Ping>, _ctx: Context| {
+        c.push((e.data.seq, Instant::now()));
+        async { Ok::<_, HandlerError>(()) }
+    };
+    let router = Router::new(h.bus(), "g")
+        .with_max_in_flight(10)
+        .with_handler_timeout(None)
+        .on::<Ping, _>(
+            "t",
+            GiveUpOn {
+                inner: RateLimitLayer::per_second(1.0).layer(handler),
+                seq: 1,
+                after: Duration::from_millis(500),
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    for i in 0..4 {
+        h.bus().publish("t", Ping::new(i)).await.unwrap();
+    }
+    // Event 0 starts at once; event 1 waits for the slot at 1 s and is given
+    // up at 0.5 s; events 2 and 3 take the slots at 1 s and 2 s.
+    let seen = calls.wait_len(3, WAIT, "3 calls").await;
+    let at: Vec<(u64, Duration)> = seen.iter().map(|(seq, t)| (*seq, *t - start)).collect();
+    assert_eq!(
+        at.iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![0, 2, 3],
+        "{at:?}"
+    );
+    let slack = Duration::from_millis(50);
+    for (i, (seq, took)) in at.iter().enumerate() {
+        let slot = Duration::from_secs(i as u64);
+        assert!(
+            *took >= slot && *took <= slot + slack,
+            "event {seq} started at {took:?}, its slot is at {slot:?}: {at:?}"
+        );
+    }
+    // Later calls keep the rate: the next slot is a second after the last.
+    h.bus().publish("t", Ping::new(4)).await.unwrap();
+    let (seq, t) = calls.wait_len(4, WAIT, "4 calls").await[3];
+    let took = t - start;
+    assert_eq!(seq, 4);
+    assert!(
+        took >= Duration::from_secs(3) && took <= Duration::from_secs(3) + slack,
+        "{took:?}"
+    );
+    let stats = router.shutdown().await.unwrap();
+    assert_eq!((stats.handled, stats.skipped), (4, 1));
 }
