@@ -9,7 +9,7 @@ mod state;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use busline_core::{Delivery, StartFrom, SubscribeError, SubscribeErrorKind};
+use busline_core::{ConsumeError, ConsumeErrorKind, Delivery, StartFrom, SubscribeError, SubscribeErrorKind};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::{watch, Notify};
 
@@ -33,6 +33,8 @@ pub(crate) struct MemberShared {
     joined: watch::Sender<bool>,
     /// The poller thread finished (committed and closed).
     done: watch::Sender<bool>,
+    /// Why the poller thread died, until the stream has reported it.
+    crash: Mutex<Option<String>>,
 }
 
 impl MemberShared {
@@ -53,6 +55,13 @@ impl MemberShared {
         self.leaving.load(Ordering::Acquire)
     }
 
+    /// The poller thread died: the member leaves and its stream ends with
+    /// an error.
+    pub(crate) fn crashed(&self, why: String) {
+        *self.crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.leave();
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         *self.done.borrow()
     }
@@ -68,12 +77,17 @@ impl MemberShared {
         (self.topic.clone(), self.group.clone(), partition, offset)
     }
 
-    /// The next delivery; `None` once the member leaves.
-    async fn next(self: &Arc<Self>) -> Option<Delivery> {
+    /// The next delivery; an error if the poller thread died, then `None`
+    /// once the member leaves.
+    async fn next(self: &Arc<Self>) -> Option<Result<Delivery, ConsumeError>> {
         loop {
             let woken = self.wake.notified();
             if self.is_leaving() {
-                return None;
+                let crash = self.crash.lock().unwrap_or_else(|p| p.into_inner()).take();
+                return crash.map(|why| {
+                    Err(ConsumeError::new(ConsumeErrorKind::Other, &*self.topic)
+                        .with_source(format!("the member's poller thread died: {why}")))
+                });
             }
             let handout = {
                 let mut state = self.state();
@@ -85,13 +99,13 @@ impl MemberShared {
             };
             if let Some(h) = handout {
                 let acker = acker::KafkaAcker::new(self.clone(), h.ticket, h.record, h.attempt);
-                return Some(Delivery::new(
+                return Some(Ok(Delivery::new(
                     h.event,
                     h.attempt,
                     self.topic.clone(),
                     self.group.clone(),
                     Box::new(acker),
-                ));
+                )));
             }
             woken.await;
         }
@@ -130,6 +144,7 @@ pub(crate) async fn join(
         leaving: AtomicBool::new(false),
         joined,
         done: watch::channel(false).0,
+        crash: Mutex::new(None),
     });
     let consumer: BaseConsumer<context::MemberContext> = bus
         .config
@@ -159,7 +174,7 @@ pub(crate) async fn join(
         stream,
         |stream| async move {
             let delivery = stream.member.next().await?;
-            Some((Ok(delivery), stream))
+            Some((delivery, stream))
         },
     )))
 }

@@ -22,13 +22,29 @@ pub(crate) fn spawn(consumer: BaseConsumer<MemberContext>, member: Arc<MemberSha
     std::thread::Builder::new()
         .name(format!("busline-kafka-{}", member.topic))
         .spawn(move || {
-            run(&consumer, &member);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&consumer, &member)));
+            if let Err(panic) = outcome {
+                // A bug, not input: the member stops and its stream reports
+                // it, so the router ends with an error instead of waiting
+                // on a member that consumes nothing.
+                let what = panic_text(&*panic);
+                tracing::error!(topic = %member.topic, group = %member.group, panic = %what, "poller thread panicked; the member stops");
+                member.crashed(what);
+            }
             // Closing runs the final revocation (commit) and leaves the group.
             drop(consumer);
             member.done.send_replace(true);
             member.wake();
         })?;
     Ok(())
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 fn run(consumer: &BaseConsumer<MemberContext>, member: &MemberShared) {
@@ -102,7 +118,7 @@ fn receive(consumer: &BaseConsumer<MemberContext>, member: &MemberShared, timeou
 fn record(message: &BorrowedMessage<'_>) -> (i32, i64, Arc<Record>) {
     let record = Arc::new(Record {
         key: message.key().map(<[u8]>::to_vec),
-        headers: headers::copy(message.headers()),
+        headers: headers::from_message(message),
         payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
     });
     (message.partition(), message.offset(), record)

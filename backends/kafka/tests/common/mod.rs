@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod mock;
+pub mod raw;
 
 use std::time::Duration;
 
@@ -12,8 +13,6 @@ use busline_core::{async_trait, Bus, BusConfig};
 use busline_kafka::{KafkaBus, KafkaConfig};
 use busline_testkit::brokers::{self, Broker};
 use busline_testkit::{test_settings, BusFixture, WireInput};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 pub use mock::MockKafka;
@@ -123,26 +122,23 @@ impl BusFixture for KafkaFixture {
     async fn publish_wire(&self, topic: &str, message: WireInput) -> Result<(), String> {
         let bus = self.connect_kafka().await;
         bus.ensure_topic(topic).await.map_err(|e| e.to_string())?;
-        let producer: FutureProducer = self.plain_config().create().map_err(|e| e.to_string())?;
-        let mut headers = OwnedHeaders::new();
-        for (name, value) in &message.headers {
-            let name = std::str::from_utf8(name).map_err(|_| "rdkafka writes only UTF-8 header names")?;
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_slice()),
-            });
-        }
-        let mut record = FutureRecord::<str, [u8]>::to(topic)
-            .payload(&message.body[..])
-            .headers(headers);
-        record.key = message.key.as_deref();
-        producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(drop)
-            .map_err(|(e, _)| e.to_string())?;
         busline_core::EventBus::shutdown(&bus).await;
-        Ok(())
+        // Through librdkafka's C API: header names are written as the bytes
+        // given, UTF-8 or not.
+        let config = self.plain_config();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            raw::produce(
+                &config,
+                &topic,
+                message.key.as_deref().map(str::as_bytes),
+                &message.headers,
+                &message.body,
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map(drop)
     }
 
     async fn restart_broker(&self) -> Option<Result<(), String>> {
