@@ -35,6 +35,8 @@ pub(crate) struct GroupContext {
     /// Where a missing queue is redeclared from.
     pub(crate) topology: Arc<Topology>,
     pub(crate) link: Arc<Link>,
+    /// Bound of every call to the broker (acks, declarations).
+    pub(crate) operation_timeout: Duration,
     pub(crate) closed: watch::Receiver<bool>,
 }
 
@@ -50,10 +52,13 @@ impl GroupContext {
                     "a retry or dead-letter copy found no queue; declaring the group's queues again"
                 );
                 self.topology.forget_group(&self.topic, &self.group);
-                self.topology
-                    .provision(&self.link, &self.topic, &self.group)
-                    .await
-                    .map_err(|e| Failure::Connection(format!("redeclaring the topology failed: {e}")))?;
+                tokio::time::timeout(
+                    self.operation_timeout,
+                    self.topology.provision(&self.link, &self.topic, &self.group),
+                )
+                .await
+                .map_err(|_| Failure::Timeout)?
+                .map_err(|e| Failure::Connection(format!("redeclaring the topology failed: {e}")))?;
                 self.publisher.publish(message()).await
             }
             other => other,
@@ -105,23 +110,29 @@ impl RabbitAcker {
 
     async fn ack_original(&mut self) -> Result<(), SettleError> {
         let acker = self.acker.take().expect("a delivery is settled once");
-        match acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
+        let limit = self.group.operation_timeout;
+        match tokio::time::timeout(limit, acker.ack(BasicAckOptions::default())).await {
+            Ok(Ok(true)) => Ok(()),
             // Used or poisoned: the channel is gone and the broker redelivers.
-            Ok(false) => Err(self.error(SettleErrorKind::Connection)),
-            Err(e) => Err(self.error(SettleErrorKind::Connection).with_source(e)),
+            Ok(Ok(false)) => Err(self.error(SettleErrorKind::Connection)),
+            Ok(Err(e)) => Err(self.error(SettleErrorKind::Connection).with_source(e)),
+            // Unknown whether it arrived: at least once, it may come again.
+            Err(_) => Err(self
+                .error(SettleErrorKind::Connection)
+                .with_source(format!("no answer within {limit:?}"))),
         }
     }
 
     /// Gives the original back to the broker after a failed republish.
     async fn requeue_original(&mut self) {
         if let Some(acker) = self.acker.take() {
-            let _ = acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            let nack = acker.nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            });
+            // Lost with its channel if it does not get through: the broker
+            // requeues it then.
+            let _ = tokio::time::timeout(self.group.operation_timeout, nack).await;
         }
     }
 
@@ -209,13 +220,13 @@ impl Drop for RabbitAcker {
         // requeues it.
         let channel = self.channel.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let limit = self.group.operation_timeout;
             rt.spawn(async move {
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                let nack = acker.nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                });
+                let _ = tokio::time::timeout(limit, nack).await;
                 drop(channel);
             });
         }

@@ -1,7 +1,6 @@
 //! `RabbitBus`: the `EventBus` of the RabbitMQ backend.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use busline_core::{
     async_trait, Capabilities, EventBus, PublishError, PublishErrorKind, RawEvent, SubscribeError,
@@ -79,6 +78,7 @@ impl RabbitBus {
             publish_link.clone(),
             config.publisher_channels,
             config.confirm_timeout,
+            config.operation_timeout,
             closed.subscribe(),
         ));
         Ok(Self {
@@ -131,18 +131,29 @@ impl RabbitBus {
         }
         let exchange = topology::exchange_name(topic)
             .map_err(|e| PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e))?;
-        self.inner
-            .topology
-            .ensure_exchange(&self.inner.publish_link, topic)
-            .await
-            .map_err(|e| {
-                let kind = match &e {
-                    TopologyError::Link(LinkError::Closed) => PublishErrorKind::Closed,
-                    TopologyError::InvalidName(_) => PublishErrorKind::InvalidEnvelope,
-                    _ => PublishErrorKind::Connection,
-                };
-                PublishError::new(kind, topic).with_source(e)
-            })?;
+        let declared = tokio::time::timeout(
+            self.inner.config.operation_timeout,
+            self.inner
+                .topology
+                .ensure_exchange(&self.inner.publish_link, topic),
+        )
+        .await
+        .map_err(|_| {
+            let kind = if self.is_closed() {
+                PublishErrorKind::Closed
+            } else {
+                PublishErrorKind::Timeout
+            };
+            PublishError::new(kind, topic)
+        })?;
+        declared.map_err(|e| {
+            let kind = match &e {
+                TopologyError::Link(LinkError::Closed) => PublishErrorKind::Closed,
+                TopologyError::InvalidName(_) => PublishErrorKind::InvalidEnvelope,
+                _ => PublishErrorKind::Connection,
+            };
+            PublishError::new(kind, topic).with_source(e)
+        })?;
         Ok(exchange)
     }
 
@@ -222,11 +233,20 @@ impl EventBus for RabbitBus {
         if self.is_closed() {
             return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
         }
-        self.inner
-            .topology
-            .provision(&self.inner.consume_link, topic, group)
-            .await
-            .map_err(|e| Self::subscribe_error(topic, e))
+        tokio::time::timeout(
+            self.inner.config.operation_timeout,
+            self.inner
+                .topology
+                .provision(&self.inner.consume_link, topic, group),
+        )
+        .await
+        .map_err(|_| {
+            Self::subscribe_error(
+                topic,
+                TopologyError::Link(LinkError::Connect("declaring the topology timed out".into())),
+            )
+        })?
+        .map_err(|e| Self::subscribe_error(topic, e))
     }
 
     async fn subscribe(
@@ -251,6 +271,7 @@ impl EventBus for RabbitBus {
                 publisher: self.inner.publisher.clone(),
                 topology: self.inner.topology.clone(),
                 link: self.inner.consume_link.clone(),
+                operation_timeout: self.inner.config.operation_timeout,
                 closed: self.inner.closed.subscribe(),
             }),
             prefetch: self.inner.config.prefetch_for(options.max_in_flight),
@@ -270,8 +291,16 @@ impl EventBus for RabbitBus {
             return;
         }
         // Publishes already sent get their confirmations; new ones fail.
-        self.inner.publisher.close(Duration::from_secs(5)).await;
-        self.inner.publish_link.close().await;
-        self.inner.consume_link.close().await;
+        // Everything is bounded by one deadline: a broker that does not
+        // answer (a frozen network) must not hold shutdown.
+        let limit = self.inner.config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        let closing = async {
+            self.inner.publisher.close(limit / 2).await;
+            futures::join!(self.inner.publish_link.close(), self.inner.consume_link.close());
+        };
+        if tokio::time::timeout_at(deadline, closing).await.is_err() {
+            tracing::warn!(connection = %self.inner.connection_name, ?limit, "shutdown deadline passed; connections abandoned");
+        }
     }
 }

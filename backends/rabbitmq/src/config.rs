@@ -83,6 +83,18 @@ pub struct RabbitConfig {
     /// stored).
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
+    /// How long any other exchange with the broker may take: waiting for a
+    /// publisher channel, opening a channel, a declaration, handing a
+    /// publish's frames to the connection, an ack. A publish therefore
+    /// returns within `2 × operation_timeout + confirm_timeout` (the
+    /// exchange's declaration, the send, the confirmation), with
+    /// `PublishErrorKind::Timeout` when the broker (or the network) stalls.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// Upper bound of `shutdown`: outstanding confirmations are awaited and
+    /// connections closed within it, even when the broker does not answer.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for RabbitConfig {
@@ -98,6 +110,8 @@ impl Default for RabbitConfig {
             reconnect_max_backoff: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             confirm_timeout: Duration::from_secs(30),
+            operation_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -45,7 +45,7 @@ impl Member {
     /// consumer is registered with the broker.
     pub(crate) async fn start(self) -> Result<Subscription, StartError> {
         let live = self.link.connection().await?;
-        let current = self.open(&live.connection).await?;
+        let current = self.open_bounded(&live.connection).await?;
         let state = State {
             member: Arc::new(self),
             current: Some(current),
@@ -57,6 +57,19 @@ impl Member {
                 Some((Ok::<_, ConsumeError>(delivery), state))
             },
         )))
+    }
+
+    /// `open` within the operation timeout: a broker that stops answering
+    /// mid-way must not wedge the member.
+    async fn open_bounded(&self, connection: &lapin::Connection) -> Result<(Channel, Consumer), StartError> {
+        match tokio::time::timeout(self.group.operation_timeout, self.open(connection)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(format!(
+                "opening a consumer on {} timed out after {:?}",
+                self.group.queue, self.group.operation_timeout
+            )
+            .into()),
+        }
     }
 
     async fn open(&self, connection: &lapin::Connection) -> Result<(Channel, Consumer), StartError> {
@@ -156,7 +169,7 @@ impl State {
                 Err(LinkError::Closed) => return None,
                 Err(LinkError::Connect(_)) => continue,
             };
-            match member.open(&live.connection).await {
+            match member.open_bounded(&live.connection).await {
                 Ok(c) => return Some(c),
                 Err(e) => {
                     tracing::warn!(queue = %member.group.queue, error = %e, "cannot resume consuming; retrying");

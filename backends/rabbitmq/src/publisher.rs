@@ -16,6 +16,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{watch, Mutex};
+use tokio::time::{timeout_at, Instant};
 
 use crate::connection::{Link, LinkError};
 
@@ -30,7 +31,9 @@ pub(crate) enum Failure {
     Rejected,
     /// Mandatory and no queue is bound for it.
     Unroutable(String),
-    /// No confirmation within the timeout; it may be stored.
+    /// The broker did not answer in time (no confirmation within
+    /// `confirm_timeout`, or a channel or send within `operation_timeout`);
+    /// it may be stored.
     Timeout,
     /// The exchange does not exist (404).
     NotFound(String),
@@ -43,7 +46,7 @@ impl std::fmt::Display for Failure {
             Failure::Connection(e) => write!(f, "connection failed: {e}"),
             Failure::Rejected => f.write_str("the broker nacked the message"),
             Failure::Unroutable(why) => write!(f, "returned by the broker: {why}"),
-            Failure::Timeout => f.write_str("no confirmation in time"),
+            Failure::Timeout => f.write_str("the broker did not answer in time"),
             Failure::NotFound(e) => write!(f, "exchange not found: {e}"),
         }
     }
@@ -83,6 +86,7 @@ pub(crate) struct Publisher {
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
     confirm_timeout: Duration,
+    operation_timeout: Duration,
     closed: watch::Receiver<bool>,
 }
 
@@ -91,6 +95,7 @@ impl Publisher {
         link: Arc<Link>,
         channels: usize,
         confirm_timeout: Duration,
+        operation_timeout: Duration,
         closed: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -100,6 +105,7 @@ impl Publisher {
                 .collect(),
             next: AtomicUsize::new(0),
             confirm_timeout,
+            operation_timeout,
             closed,
         }
     }
@@ -116,17 +122,41 @@ impl Publisher {
 
     /// Sends `messages` in order on one channel and returns their pending
     /// confirmations; stops at the first failure (earlier ones may still be
-    /// confirmed, and are not awaited).
+    /// confirmed, and are not awaited). Waiting for the channel, opening it
+    /// and handing over the frames share one `operation_timeout`: a broker
+    /// or network that stalls yields `Timeout`, and the slot's channel,
+    /// whose state is then unknown, is replaced on its next use.
     pub(crate) async fn send_all<'a>(
         &self,
         messages: impl IntoIterator<Item = Outgoing<'a>>,
     ) -> Result<Vec<Pending>, Failure> {
+        let deadline = Instant::now() + self.operation_timeout;
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[index].lock().await;
+        let mut slot = timeout_at(deadline, self.slots[index].lock())
+            .await
+            .map_err(|_| Failure::Timeout)?;
         if self.is_closed() {
             return Err(Failure::Closed);
         }
-        let channel = self.channel(&mut slot).await?;
+        match timeout_at(deadline, self.send_locked(&mut slot, messages)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                reset(&mut slot);
+                Err(if self.is_closed() {
+                    Failure::Closed
+                } else {
+                    Failure::Timeout
+                })
+            }
+        }
+    }
+
+    async fn send_locked<'a>(
+        &self,
+        slot: &mut Slot,
+        messages: impl IntoIterator<Item = Outgoing<'a>>,
+    ) -> Result<Vec<Pending>, Failure> {
+        let channel = self.channel(slot).await?;
         let mut out = Vec::new();
         for m in messages {
             let sent = channel
@@ -167,10 +197,12 @@ impl Publisher {
             .create_channel()
             .await
             .map_err(|e| self.failure(e))?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| self.failure(e))?;
+        // Kept before confirm.select answers, so a timeout closes it too.
         slot.channel = Some((live.generation, ch.clone()));
+        if let Err(e) = ch.confirm_select(ConfirmSelectOptions::default()).await {
+            reset(slot);
+            return Err(self.failure(e));
+        }
         Ok(ch)
     }
 
@@ -219,17 +251,39 @@ impl Publisher {
         }
     }
 
-    /// Waits (bounded) for the confirmations outstanding on every channel,
-    /// then closes the channels. New publishes already fail: `closed` is set.
+    /// Waits for the confirmations outstanding on every channel, then
+    /// closes the channels, all within `grace` even if the broker does not
+    /// answer. New publishes already fail: `closed` is set.
     pub(crate) async fn close(&self, grace: Duration) {
-        for slot in &self.slots {
-            let mut slot = slot.lock().await;
+        let deadline = Instant::now() + grace;
+        let slots = self.slots.iter().map(|slot| async move {
+            let Ok(mut slot) = timeout_at(deadline, slot.lock()).await else {
+                return;
+            };
             if let Some((_, ch)) = slot.channel.take() {
                 if ch.status().connected() {
-                    let _ = tokio::time::timeout(grace, ch.wait_for_confirms()).await;
-                    let _ = ch.close(200, "busline shutdown".into()).await;
+                    let _ = timeout_at(deadline, ch.wait_for_confirms()).await;
+                    let _ = timeout_at(deadline, ch.close(200, "busline shutdown".into())).await;
                 }
             }
+        });
+        futures::future::join_all(slots).await;
+    }
+}
+
+/// Forgets a slot's channel whose state is unknown (a call on it timed
+/// out), closing it in the background, bounded, so it does not linger on
+/// the connection.
+fn reset(slot: &mut Slot) {
+    if let Some((_, ch)) = slot.channel.take() {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    ch.close(200, "busline: call timed out".into()),
+                )
+                .await;
+            });
         }
     }
 }

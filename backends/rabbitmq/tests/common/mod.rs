@@ -1,6 +1,8 @@
 //! The RabbitMQ fixture shared by this crate's integration tests.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 
 use busline_core::wire::HeaderDialect;
