@@ -90,6 +90,9 @@ impl BusSettings {
 pub struct Bus {
     transport: Arc<dyn EventBus>,
     settings: Arc<BusSettings>,
+    /// Set by [`Bus::shutdown`], so a router can tell a subscription that
+    /// ended because the application closed the bus from one that died.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -112,6 +115,7 @@ impl Bus {
         Self {
             transport,
             settings: Arc::new(settings),
+            closed: Arc::default(),
         }
     }
 
@@ -217,6 +221,13 @@ impl Bus {
 
     /// Shuts the backend connection down.
     pub async fn shutdown(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
         self.transport.shutdown().await
+    }
+
+    /// Whether [`shutdown`](Bus::shutdown) was called on this bus or a clone
+    /// of it.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 }

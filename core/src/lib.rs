@@ -54,8 +54,8 @@ pub use replay::{Repair, ReplayError, ReplayOptions, ReplayReport, REPLAY_COUNT}
 pub use retry::{RetryDecision, RetryPolicy};
 pub use router::{
     Context, Either, FailureKind, Gate, GateState, Handler, HandlerError, HandlerOptions, Identity, Layer,
-    Outcome, Router, RouterError, RouterObserver, RouterStats, RunningRouter, Settled, Stack,
-    SKIP_UNKNOWN_EVENT_TYPE,
+    Outcome, Router, RouterError, RouterHealth, RouterObserver, RouterStats, RunningRouter, Settled, Stack,
+    SubscriptionHealth, SubscriptionState, SKIP_UNKNOWN_EVENT_TYPE,
 };
 pub use transport::{Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
 

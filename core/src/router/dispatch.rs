@@ -80,9 +80,24 @@ pub(crate) fn begin(delivery: Delivery, topic: &Arc<str>, routes: &RouteTable, s
         raw.id.clone(),
         raw.correlation_id.clone(),
     );
-    match route.prepare(raw, shared.bus.codecs(), ctx) {
-        Err((reason, error)) => Start::Settle(acker, Decision::DeadLetter { reason, error }),
-        Ok(call) => Start::Run(acker, call, route.retry().cloned()),
+    // Decoding and upcasting run user code (serde impls, upcasters, a
+    // closure's synchronous part); a panic there is data-dependent, so the
+    // event is poison, not a reason to retry or to lose the consumer.
+    let prepared =
+        std::panic::catch_unwind(AssertUnwindSafe(|| route.prepare(raw, shared.bus.codecs(), ctx)));
+    match prepared {
+        Ok(Err((reason, error))) => Start::Settle(acker, Decision::DeadLetter { reason, error }),
+        Ok(Ok(call)) => Start::Run(acker, call, route.retry().cloned()),
+        Err(panic) => Start::Settle(
+            acker,
+            Decision::DeadLetter {
+                reason: DeadLetterReason::Panic,
+                error: format!(
+                    "decoding or upcasting panicked: {}",
+                    panic_message(panic.as_ref())
+                ),
+            },
+        ),
     }
 }
 
@@ -162,7 +177,7 @@ fn retry_or_give_up(error: String, attempt: u32, retry: Option<&RetryPolicy>, sh
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

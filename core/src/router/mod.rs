@@ -5,6 +5,7 @@ mod context;
 mod dispatch;
 mod gate;
 mod handler;
+mod health;
 mod layer;
 mod observe;
 mod route;
@@ -18,6 +19,7 @@ use std::time::Duration;
 pub use context::Context;
 pub use gate::{Gate, GateState};
 pub use handler::{FailureKind, Handler, HandlerError};
+pub use health::{RouterHealth, SubscriptionHealth, SubscriptionState};
 pub use layer::{Either, Identity, Layer, Stack};
 pub use observe::{Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 pub use running::{RouterStats, RunningRouter};
@@ -63,6 +65,22 @@ pub enum RouterError {
     /// A subscription failed while running.
     #[error(transparent)]
     Consume(#[from] ConsumeError),
+    /// A subscription's stream ended without shutdown asking for it: the
+    /// backend closed it, so the group no longer consumes that topic here.
+    #[error("the subscription to `{topic}` ended on its own")]
+    SubscriptionEnded {
+        /// The topic.
+        topic: String,
+    },
+    /// A consumer task panicked (a bug in a backend's stream or in the
+    /// router); its deliveries in flight go back to the broker undecided.
+    #[error("the consumer of `{topic}` panicked: {message}")]
+    ConsumerPanicked {
+        /// The topic.
+        topic: String,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 type RouteFactory = Box<dyn FnOnce(&Upcasters) -> Arc<dyn Route> + Send>;

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::dispatch;
 use super::gate::{wait_all_open, Gate};
+use super::health::{HealthBoard, RouterHealth, SubscriptionState};
 use super::route::Route;
 use super::{RouterError, RouterObserver, RouterSettings};
 use crate::{Bus, ConsumeError, SubscribeOptions, Subscription};
@@ -82,7 +83,8 @@ pub struct RunningRouter {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     abandon: watch::Sender<bool>,
-    consumers: JoinSet<Result<(), ConsumeError>>,
+    consumers: JoinSet<Result<(), RouterError>>,
+    health: HealthBoard,
 }
 
 impl std::fmt::Debug for RunningRouter {
@@ -122,9 +124,21 @@ pub(crate) async fn start(
         observers: observers.into_boxed_slice(),
         abandon: abandon_rx,
     });
+    let health = HealthBoard::new(group.clone(), subscriptions.iter().map(|(t, _, _)| t.clone()));
     let mut consumers = JoinSet::new();
-    for (topic, table, sub) in subscriptions {
-        consumers.spawn(consume(sub, topic, table, shared.clone(), stop.subscribe()));
+    for (index, (topic, table, sub)) in subscriptions.into_iter().enumerate() {
+        let consumer = consume(
+            sub,
+            topic.clone(),
+            table,
+            shared.clone(),
+            stop.subscribe(),
+            Slot {
+                board: health.clone(),
+                index,
+            },
+        );
+        consumers.spawn(supervise(consumer, topic, health.clone(), index));
     }
     Ok(RunningRouter {
         group,
@@ -132,7 +146,58 @@ pub(crate) async fn start(
         stop,
         abandon,
         consumers,
+        health,
     })
+}
+
+/// How a consumer loop ended without an error.
+enum Ended {
+    /// Shutdown asked it to stop.
+    Stopped,
+    /// The broker's stream ended on its own: the subscription is gone.
+    StreamEnded,
+}
+
+/// One consumer's place on the health board.
+struct Slot {
+    board: HealthBoard,
+    index: usize,
+}
+
+impl Slot {
+    fn set(&self, state: SubscriptionState) {
+        self.board.set(self.index, state);
+    }
+}
+
+/// Runs one consumer and turns every way it can end into a state on the
+/// health board and a typed result: a stream error, a stream that ended on
+/// its own and a panic all fail the router instead of vanishing.
+async fn supervise(
+    consumer: impl Future<Output = Result<Ended, ConsumeError>>,
+    topic: Arc<str>,
+    board: HealthBoard,
+    index: usize,
+) -> Result<(), RouterError> {
+    let result = match std::panic::AssertUnwindSafe(consumer).catch_unwind().await {
+        Ok(Ok(Ended::Stopped)) => Ok(()),
+        Ok(Ok(Ended::StreamEnded)) => Err(RouterError::SubscriptionEnded {
+            topic: topic.to_string(),
+        }),
+        Ok(Err(e)) => Err(RouterError::Consume(e)),
+        Err(panic) => Err(RouterError::ConsumerPanicked {
+            topic: topic.to_string(),
+            message: dispatch::panic_message(panic.as_ref()),
+        }),
+    };
+    match &result {
+        Ok(()) => board.set(index, SubscriptionState::Stopped),
+        Err(e) => {
+            tracing::error!(topic = %topic, error = %e, "subscription died");
+            board.set(index, SubscriptionState::Failed { error: e.to_string() });
+        }
+    }
+    result
 }
 
 async fn consume(
@@ -141,15 +206,17 @@ async fn consume(
     routes: Arc<RouteTable>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), ConsumeError> {
+    slot: Slot,
+) -> Result<Ended, ConsumeError> {
     let max = shared.settings.max_in_flight;
     // Handlers that may hold consumption back (circuit breakers); almost
     // always none.
     let gates: Vec<Gate> = routes.values().filter_map(|r| r.gate()).collect();
     let mut tasks = JoinSet::new();
+    let mut paused = false;
     let result = loop {
         if *stop.borrow() {
-            break Ok(());
+            break Ok(Ended::Stopped);
         }
         while tasks.try_join_next().is_some() {}
         if tasks.len() >= max {
@@ -160,6 +227,10 @@ async fn consume(
             continue;
         }
         if !gates.is_empty() && !gates.iter().all(Gate::is_open) {
+            if !paused {
+                paused = true;
+                slot.set(SubscriptionState::Paused);
+            }
             // Events wait in the broker while a gate is closed; handlers
             // already running go on and settle.
             tokio::select! {
@@ -169,6 +240,10 @@ async fn consume(
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
             continue;
+        }
+        if paused {
+            paused = false;
+            slot.set(SubscriptionState::Running);
         }
         // Take what is ready without setting up the wait below: under load
         // a delivery almost always is.
@@ -212,8 +287,14 @@ async fn consume(
                     }
                 }
             }
+            // The application closing the bus ends its subscriptions; that
+            // is a stop, not a death.
+            Some(Err(e)) if shared.bus.is_closed() && e.kind() == crate::ConsumeErrorKind::Closed => {
+                break Ok(Ended::Stopped)
+            }
             Some(Err(e)) => break Err(e),
-            None => break Ok(()),
+            None if *stop.borrow() || shared.bus.is_closed() => break Ok(Ended::Stopped),
+            None => break Ok(Ended::StreamEnded),
         }
     };
     // Leave the group first, so no new deliveries arrive while in-flight
@@ -241,16 +322,23 @@ impl RunningRouter {
         &self.group
     }
 
-    /// Runs until `shutdown` resolves or a subscription fails, then shuts
-    /// down gracefully.
+    /// Which subscriptions are taking deliveries, paused or dead: for
+    /// readiness and liveness probes.
+    pub fn health(&self) -> RouterHealth {
+        self.health.snapshot()
+    }
+
+    /// Runs until `shutdown` resolves or a subscription dies (its stream
+    /// fails or ends, or its consumer panics), then shuts down gracefully.
+    /// A dead subscription is returned as the error.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<RouterStats, RouterError> {
         let early = tokio::select! {
             _ = shutdown => None,
             Some(done) = self.consumers.join_next() => Some(done),
         };
         let stats = self.shutdown().await;
-        match early {
-            Some(Ok(Err(e))) => Err(RouterError::Consume(e)),
+        match early.map(flatten) {
+            Some(Err(e)) => Err(e),
             _ => stats,
         }
     }
@@ -264,7 +352,7 @@ impl RunningRouter {
         let mut first_error = None;
         let drained = tokio::time::timeout(deadline, async {
             while let Some(done) = self.consumers.join_next().await {
-                if let Ok(Err(e)) = done {
+                if let Err(e) = flatten(done) {
                     first_error.get_or_insert(e);
                 }
             }
@@ -274,14 +362,25 @@ impl RunningRouter {
             tracing::warn!(group = %self.group, ?deadline, "shutdown deadline passed; cancelling handlers still running");
             let _ = self.abandon.send(true);
             while let Some(done) = self.consumers.join_next().await {
-                if let Ok(Err(e)) = done {
+                if let Err(e) = flatten(done) {
                     first_error.get_or_insert(e);
                 }
             }
         }
         match first_error {
-            Some(e) => Err(RouterError::Consume(e)),
+            Some(e) => Err(e),
             None => Ok(self.stats()),
         }
     }
+}
+
+/// A consumer task's result; the supervisor catches panics, so a join error
+/// means the task was cancelled from outside (the runtime shutting down).
+fn flatten(done: Result<Result<(), RouterError>, tokio::task::JoinError>) -> Result<(), RouterError> {
+    done.unwrap_or_else(|e| {
+        Err(RouterError::ConsumerPanicked {
+            topic: String::new(),
+            message: e.to_string(),
+        })
+    })
 }
