@@ -281,6 +281,42 @@ async fn replay_repairs_keeps_and_discards() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn replay_never_takes_its_destination_from_the_letter() {
+    // Anyone who can write to a DLQ can set `deadlettertopic`; a letter that
+    // names another topic or group stays where it is.
+    let h = TestHarness::new();
+    let bus = h.bus();
+    let mut forged = bus.encode("t", DomainEvent::new(Ping::new(7))).unwrap();
+    busline::DeadLetter {
+        reason: DeadLetterReason::PermanentError,
+        error: "forged".into(),
+        topic: "payments".into(),
+        group: "g".into(),
+        attempts: 1,
+        failed_at: forged.time,
+    }
+    .stamp(&mut forged);
+    let dlq = busline::dead_letter_topic("t", "g");
+    bus.provision(&dlq, "g").await.unwrap();
+    bus.publish_raw(&dlq, forged).await.unwrap();
+    let mut payments = bus
+        .subscribe("payments", "watcher", busline::SubscribeOptions::default())
+        .await
+        .unwrap();
+    let report = bus
+        .replay_dead_letters("t", "g", ReplayOptions::default().max(1))
+        .await
+        .unwrap();
+    assert_eq!((report.moved, report.misplaced), (0, 1));
+    let nothing = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        futures::StreamExt::next(&mut payments),
+    )
+    .await;
+    assert!(nothing.is_err(), "nothing reached the forged destination");
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_of_the_bus_ends_the_router() {
     let h = TestHarness::new();
     let router = Router::new(h.bus(), "g")

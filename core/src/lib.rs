@@ -50,7 +50,10 @@ pub use error::{
     SettleError, SettleErrorKind, SubscribeError, SubscribeErrorKind,
 };
 pub use event::{new_event_id, DomainEvent, Event, Payload, RawEvent};
-pub use replay::{Repair, ReplayError, ReplayOptions, ReplayReport, REPLAY_COUNT};
+pub use replay::{
+    Repair, ReplayError, ReplayOptions, ReplayReport, REPLAY_COUNT, REPLAY_GROUP,
+    SKIP_REPLAYED_FOR_OTHER_GROUP,
+};
 pub use retry::{RetryDecision, RetryPolicy};
 pub use router::{
     Context, Either, FailureKind, Gate, GateState, Handler, HandlerError, HandlerOptions, Identity, Layer,

@@ -12,6 +12,15 @@ use crate::{dead_letter_topic, Bus, DeadLetter, PublishError, RawEvent, Subscrib
 /// replay as a new publish.
 pub const REPLAY_COUNT: &str = "replaycount";
 
+/// Extension attribute naming the group a replayed event is meant for: a
+/// replay goes back to the topic, where every group could see it, and
+/// routers of the other groups acknowledge it unhandled (counted as
+/// skipped, reason [`SKIP_REPLAYED_FOR_OTHER_GROUP`]).
+pub const REPLAY_GROUP: &str = "replaygroup";
+
+/// The skip reason of an event replayed for another group.
+pub const SKIP_REPLAYED_FOR_OTHER_GROUP: &str = "replayed_for_another_group";
+
 /// How much to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayOptions {
@@ -58,6 +67,10 @@ pub struct ReplayReport {
     pub unreadable: usize,
     /// Dropped from the DLQ on purpose by the repair function.
     pub discarded: usize,
+    /// Left in the DLQ because their dead-letter attributes name another
+    /// topic or group than the DLQ they were read from: anyone who can write
+    /// to a DLQ can set those attributes, so they never pick a destination.
+    pub misplaced: usize,
 }
 
 /// Why a replay stopped early. Nothing is lost: a dead letter leaves the DLQ
@@ -87,8 +100,12 @@ pub enum Repair {
 
 impl Bus {
     /// Moves up to `options.max` dead letters of `group` on `topic` (from
-    /// `<topic>.<group>.dlq`) back to the topic they came from, without their
-    /// dead-letter attributes.
+    /// `<topic>.<group>.dlq`) back to `topic`, without their dead-letter
+    /// attributes, for `group` alone: the event carries
+    /// [`REPLAY_GROUP`]` = group`, and routers of every other group on the
+    /// topic acknowledge it without handling it. A letter whose attributes
+    /// name another topic or group is left in the DLQ and counted as
+    /// `misplaced`.
     pub async fn replay_dead_letters(
         &self,
         topic: &str,
@@ -115,7 +132,7 @@ impl Bus {
             .subscribe(&dlq, group, SubscribeOptions::default().max_in_flight(1))
             .await?;
         let mut report = ReplayReport::default();
-        while report.moved + report.discarded + report.unreadable < options.max {
+        while report.moved + report.discarded + report.unreadable + report.misplaced < options.max {
             let Ok(Some(next)) = tokio::time::timeout(options.idle_timeout, sub.next()).await else {
                 break;
             };
@@ -129,10 +146,16 @@ impl Bus {
             };
             let mut event = event.clone();
             let letter = DeadLetter::read(&event);
-            let origin = letter
+            if letter
                 .as_ref()
-                .map_or_else(|| topic.to_owned(), |l| l.topic.clone());
+                .is_some_and(|l| l.topic != topic || l.group != group)
+            {
+                report.misplaced += 1;
+                let _ = delivery.nack(options.unreadable_delay).await;
+                continue;
+            }
             DeadLetter::strip(&mut event);
+            event.extensions.insert(REPLAY_GROUP.into(), group.to_owned());
             let replays = event
                 .extensions
                 .get(REPLAY_COUNT)
@@ -143,7 +166,7 @@ impl Bus {
                 .insert(REPLAY_COUNT.into(), (replays + 1).to_string());
             match repair(event, letter) {
                 Repair::Replay(event) => {
-                    if let Err(e) = self.publish_raw(&origin, event).await {
+                    if let Err(e) = self.publish_raw(topic, event).await {
                         let _ = delivery.nack(Duration::ZERO).await;
                         return Err(e.into());
                     }

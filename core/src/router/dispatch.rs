@@ -60,6 +60,18 @@ pub(crate) fn begin(delivery: Delivery, topic: &Arc<str>, routes: &RouteTable, s
             return Start::Settle(acker, decision);
         }
     };
+    if raw
+        .extensions
+        .get(crate::REPLAY_GROUP)
+        .is_some_and(|g| **g != *shared.group)
+    {
+        return Start::Settle(
+            acker,
+            Decision::Skip {
+                reason: crate::SKIP_REPLAYED_FOR_OTHER_GROUP,
+            },
+        );
+    }
     let Some(route) = routes.get(raw.event_type.as_str()) else {
         let decision = match shared.settings.dead_letter.unknown_event {
             UnknownEventAction::Ack => Decision::Skip {

@@ -208,11 +208,26 @@ pub async fn correlation_and_causation(fixture: &dyn BusFixture) {
 }
 
 /// Scenario 16: DLQ replay: events moved back from the DLQ are handled, without their
-/// dead-letter attributes.
+/// dead-letter attributes, by the dead-lettering group only.
 pub async fn dlq_replay(fixture: &dyn BusFixture) {
     const N: u64 = 5;
     let bus = fixture.connect().await;
     let (topic, group) = (unique("replay"), unique("g"));
+    // Another group on the topic handles the originals and must not handle
+    // the replays again.
+    let bystander_seen = Collector::<u64>::new();
+    let seen = bystander_seen.clone();
+    let bystander = Router::new(bus.clone(), unique("bystander"))
+        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+            let seen = seen.clone();
+            async move {
+                seen.push(e.data.seq);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
     let broken = Arc::new(AtomicBool::new(true));
     let handled = Collector::<DomainEvent<Ping>>::new();
     let (flag, sink) = (broken.clone(), handled.clone());
@@ -262,7 +277,18 @@ pub async fn dlq_replay(fixture: &dyn BusFixture) {
             e.extensions
         );
         assert_eq!(e.extensions[REPLAY_COUNT], "1");
+        assert_eq!(e.extensions[busline_core::REPLAY_GROUP], group);
     }
+    eventually(WAIT, "the bystander group to skip the replays", || {
+        bystander.stats().skipped >= N
+    })
+    .await;
+    assert_eq!(
+        bystander_seen.len(),
+        N as usize,
+        "the bystander handled only the originals"
+    );
+    bystander.shutdown().await.unwrap();
     router.shutdown().await.unwrap();
     bus.shutdown().await;
 }
