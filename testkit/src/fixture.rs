@@ -5,6 +5,8 @@ use std::time::Duration;
 use busline_core::wire::HeaderDialect;
 use busline_core::{async_trait, Bus, BusSettings, RetryPolicy};
 use busline_memory::{MemoryBroker, WireMessage};
+
+use crate::scenarios::{HostileOutcome, Poison};
 use bytes::Bytes;
 
 /// A message in a backend's wire form, for publishing what no busline
@@ -51,6 +53,14 @@ pub trait BusFixture: Send + Sync + 'static {
     /// How many events scenario 15 streams across two restarts.
     fn restart_stream_len(&self) -> u64 {
         10_000
+    }
+
+    /// What this backend does with a hostile message (scenario 18). The
+    /// default is what DESIGN.md asks of a client that reads every byte;
+    /// a backend whose client library cannot parse a poison declares
+    /// [`HostileOutcome::MovedAside`] and says why in its README table.
+    fn hostile_outcome(&self, poison: Poison) -> HostileOutcome {
+        poison.ideal()
     }
 }
 

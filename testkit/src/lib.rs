@@ -67,6 +67,47 @@ macro_rules! conformance_suite {
     };
 }
 
+/// Expands into one test per hostile-input poison (scenario 18,
+/// [`scenarios::Poison`]) for a fixture expression; `paused_time` as for
+/// [`conformance_suite!`].
+#[macro_export]
+macro_rules! hostile_input_suite {
+    ($fixture:expr, paused_time) => {
+        $crate::hostile_input_suite!(@each $fixture, (start_paused = true));
+    };
+    ($fixture:expr) => {
+        $crate::hostile_input_suite!(@each $fixture, (flavor = "multi_thread", worker_threads = 2));
+    };
+    (@each $fixture:expr, $rt:tt) => {
+        $crate::hostile_input_suite!(@tests $fixture, $rt,
+            h01_foreign_header_name_not_utf8 => ForeignNameNotUtf8,
+            h02_foreign_header_value_not_utf8 => ForeignValueNotUtf8,
+            h03_attribute_name_not_utf8 => AttributeNameNotUtf8,
+            h04_attribute_value_not_utf8 => AttributeValueNotUtf8,
+            h05_attribute_name_not_ascii => AttributeNameNotAscii,
+            h06_missing_id => MissingId,
+            h07_duplicate_id => DuplicateId,
+            h08_wrong_specversion => WrongSpecVersion,
+            h09_unknown_content_type => UnknownContentType,
+            h10_malformed_content_type => MalformedContentType,
+            h11_time_out_of_range => TimeOutOfRange,
+            h12_large_header => LargeHeader,
+            h13_structured_mode => StructuredValid,
+            h14_structured_mode_malformed => StructuredMalformed,
+            h15_deeply_nested_payload => DeepNesting,
+        );
+    };
+    (@tests $fixture:expr, $rt:tt, $($name:ident => $poison:ident,)*) => {
+        $(
+            #[tokio::test $rt]
+            async fn $name() {
+                let fixture = $fixture;
+                $crate::scenarios::hostile_input(&fixture, $crate::scenarios::Poison::$poison).await;
+            }
+        )*
+    };
+}
+
 /// Expands into the broker-restart scenario (15) for a fixture; run these
 /// tests one at a time, apart from the parallel suite.
 #[macro_export]

@@ -3,3 +3,6 @@
 //! restart) does not apply: the memory broker lives and dies with the process.
 
 busline_testkit::conformance_suite!(busline_testkit::MemoryFixture::new(), paused_time);
+
+// Scenario 18: every poison of "Untrusted wire input", written in wire form.
+busline_testkit::hostile_input_suite!(busline_testkit::MemoryFixture::new(), paused_time);

@@ -4,6 +4,7 @@
 
 mod delivery;
 mod failure;
+mod hostile;
 mod lifecycle;
 mod routing;
 
@@ -15,6 +16,7 @@ pub use failure::{
     dead_letter_after_max_attempts, nack_redelivers_with_delay, panic_and_timeout_are_retried,
     permanent_error_and_poison_go_to_dlq,
 };
+pub use hostile::{hostile_input, poison_message, HostileOutcome, Poison};
 pub use lifecycle::{
     broker_restart_loses_no_confirmed_event, graceful_shutdown, publisher_closed_with_events_in_flight,
     unacked_deliveries_survive_consumer_restart,
