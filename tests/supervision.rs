@@ -275,3 +275,118 @@ async fn health_shows_a_paused_subscription_and_a_clean_stop() {
     .await;
     router.shutdown().await.unwrap();
 }
+
+/// The memory bus, with acknowledgers whose every settle call hangs, as on
+/// a connection that stopped answering.
+struct Unanswering {
+    inner: busline::memory::MemoryBus,
+}
+
+struct HangingAcker(#[allow(dead_code)] Box<dyn busline::Acknowledge>);
+
+#[async_trait]
+impl busline::Acknowledge for HangingAcker {
+    async fn ack(self: Box<Self>) -> Result<(), busline::SettleError> {
+        std::future::pending().await
+    }
+    async fn nack(self: Box<Self>, _: std::time::Duration) -> Result<(), busline::SettleError> {
+        std::future::pending().await
+    }
+    async fn dead_letter(self: Box<Self>, _: busline::DeadLetter) -> Result<(), busline::SettleError> {
+        std::future::pending().await
+    }
+}
+
+#[async_trait]
+impl EventBus for Unanswering {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+        self.inner.publish(topic, event).await
+    }
+    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        self.inner.provision(topic, group).await
+    }
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        let sub = self.inner.subscribe(topic, group, options).await?;
+        Ok(Subscription::new(sub.map(|d| {
+            d.map(|d| {
+                let (topic, group, attempt) = (d.topic().into(), d.group().into(), d.attempt());
+                let (event, acker) = d.into_parts();
+                busline::Delivery::new(
+                    event,
+                    attempt,
+                    topic,
+                    group,
+                    Box::new(HangingAcker(Box::new(Parked(acker)))),
+                )
+            })
+        })))
+    }
+    async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
+}
+
+/// Keeps the memory acker alive (undecided) inside the hanging one.
+struct Parked(#[allow(dead_code)] busline::Acker);
+
+#[async_trait]
+impl busline::Acknowledge for Parked {
+    async fn ack(self: Box<Self>) -> Result<(), busline::SettleError> {
+        unreachable!("never settled")
+    }
+    async fn nack(self: Box<Self>, _: std::time::Duration) -> Result<(), busline::SettleError> {
+        unreachable!("never settled")
+    }
+    async fn dead_letter(self: Box<Self>, _: busline::DeadLetter) -> Result<(), busline::SettleError> {
+        unreachable!("never settled")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_within_its_deadline_when_settling_hangs() {
+    let broker = MemoryBroker::new();
+    let bus = Bus::new(
+        Unanswering {
+            inner: broker.connect(),
+        },
+        test_settings(),
+    );
+    let deadline = std::time::Duration::from_secs(10);
+    let started = Collector::<u64>::new();
+    let sink = started.clone();
+    let router = Router::new(bus.clone(), "g")
+        .with_shutdown_deadline(deadline)
+        .with_handler_timeout(None)
+        .on::<Ping, _>("t", move |e: DomainEvent<Ping>, _c: Context| {
+            let sink = sink.clone();
+            async move {
+                sink.push(e.data.seq);
+                if e.data.seq == 1 {
+                    std::future::pending::<()>().await; // never finishes
+                }
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for seq in 1..=2 {
+        bus.publish("t", Ping::new(seq)).await.unwrap();
+    }
+    started.wait_len(2, WAIT, "both handlers to start").await;
+    let begun = tokio::time::Instant::now();
+    let stats = within(WAIT, "shutdown to return", router.shutdown())
+        .await
+        .unwrap();
+    let took = begun.elapsed();
+    assert!(took <= deadline, "shutdown took {took:?}, deadline {deadline:?}");
+    assert_eq!(stats.abandoned, 1);
+}

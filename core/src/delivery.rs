@@ -28,6 +28,15 @@ pub trait Acknowledge: Send + 'static {
     /// Deliver the event again after `retry_after`, with the attempt number
     /// one higher.
     async fn nack(self: Box<Self>, retry_after: Duration) -> Result<(), SettleError>;
+    /// Return the event unhandled, because the consumer is going away
+    /// (shutdown's deadline passed), not because handling failed: it is
+    /// delivered again, at once, and where the backend can, this does not
+    /// count as an attempt, so frequent deploys do not use up a slow event's
+    /// retries. The default is `nack(0)`, which does count where the broker
+    /// counts deliveries itself.
+    async fn release(self: Box<Self>) -> Result<(), SettleError> {
+        self.nack(Duration::ZERO).await
+    }
     /// Move the event to `letter.dead_letter_topic()`: envelope and payload
     /// byte for byte, plus the letter's attributes; then forget the original.
     async fn dead_letter(self: Box<Self>, letter: DeadLetter) -> Result<(), SettleError>;
@@ -71,6 +80,12 @@ impl Acker {
     /// Asks for redelivery after `retry_after`.
     pub async fn nack(self, retry_after: Duration) -> Result<(), SettleError> {
         self.inner.nack(retry_after).await
+    }
+
+    /// Returns the event unhandled without counting an attempt where the
+    /// backend can (see [`Acknowledge::release`]).
+    pub async fn release(self) -> Result<(), SettleError> {
+        self.inner.release().await
     }
 
     /// Dead-letters the event to `<topic>.<group>.dlq` with a reason and the

@@ -69,6 +69,10 @@ pub struct Capabilities {
     pub replay_from_start: bool,
     /// The broker drops a second publish of the same event id.
     pub dedup_by_id: bool,
+    /// [`Acknowledge::release`](crate::Acknowledge::release) returns a
+    /// delivery without counting an attempt (shutdown's abandoned events
+    /// keep their attempt number).
+    pub release_keeps_attempt: bool,
 }
 
 impl Capabilities {
@@ -79,6 +83,7 @@ impl Capabilities {
             persistent: false,
             replay_from_start: false,
             dedup_by_id: false,
+            release_keeps_attempt: false,
         }
     }
 
@@ -103,6 +108,12 @@ impl Capabilities {
     /// Sets `dedup_by_id`.
     pub const fn with_dedup_by_id(mut self, yes: bool) -> Self {
         self.dedup_by_id = yes;
+        self
+    }
+
+    /// Sets `release_keeps_attempt`.
+    pub const fn with_release_keeps_attempt(mut self, yes: bool) -> Self {
+        self.release_keeps_attempt = yes;
         self
     }
 }

@@ -110,7 +110,9 @@ impl MemoryBus {
 #[async_trait]
 impl EventBus for MemoryBus {
     fn capabilities(&self) -> Capabilities {
-        Capabilities::none().with_order_per_key(true)
+        Capabilities::none()
+            .with_order_per_key(true)
+            .with_release_keeps_attempt(true)
     }
 
     async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
@@ -285,6 +287,12 @@ impl Acknowledge for MemoryAcker {
     async fn nack(mut self: Box<Self>, retry_after: Duration) -> Result<(), SettleError> {
         let entry = self.take();
         self.queue.redeliver(entry, retry_after);
+        Ok(())
+    }
+
+    async fn release(mut self: Box<Self>) -> Result<(), SettleError> {
+        let entry = self.take();
+        self.queue.release(entry);
         Ok(())
     }
 

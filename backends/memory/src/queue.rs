@@ -176,6 +176,16 @@ impl GroupQueue {
     /// retries.
     pub(crate) fn redeliver(self: &Arc<Self>, mut entry: Entry, delay: Duration) {
         entry.attempt = entry.attempt.saturating_add(1);
+        self.requeue(entry, delay);
+    }
+
+    /// An in-flight message comes back unhandled with its attempt number as
+    /// it was: nothing was tried (shutdown abandoned it).
+    pub(crate) fn release(self: &Arc<Self>, entry: Entry) {
+        self.requeue(entry, Duration::ZERO);
+    }
+
+    fn requeue(self: &Arc<Self>, entry: Entry, delay: Duration) {
         self.lock().stored += 1;
         if delay.is_zero() {
             self.return_to_front(entry);

@@ -305,7 +305,7 @@ fn settle_observed(
             }
             Decision::Abandon => {
                 counters.abandoned.fetch_add(1, Ordering::Relaxed);
-                acker.nack(Duration::ZERO).await
+                acker.release().await
             }
         };
         if let Err(e) = result {

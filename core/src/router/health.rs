@@ -36,13 +36,16 @@ pub struct SubscriptionHealth {
 /// A snapshot of a running router's health, for readiness and liveness
 /// probes.
 ///
-/// ```
-/// use busline_core::{RouterHealth, SubscriptionHealth, SubscriptionState};
-/// let health = RouterHealth {
-///     group: "billing".into(),
-///     subscriptions: vec![SubscriptionHealth { topic: "orders".into(), state: SubscriptionState::Running }],
-/// };
-/// assert!(health.is_ready() && health.is_alive());
+/// ```no_run
+/// # async fn demo(router: busline_core::RunningRouter) {
+/// let health = router.health();
+/// if !health.is_alive() {
+///     for (topic, error) in health.failures() {
+///         eprintln!("{} on {topic} died: {error}", health.group);
+///     }
+/// }
+/// let ready = health.is_ready(); // for a readiness probe
+/// # let _ = ready; }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -343,14 +343,22 @@ impl RunningRouter {
         }
     }
 
-    /// Stops taking deliveries, lets in-flight handlers finish within the
-    /// shutdown deadline, then cancels the rest and returns their events to
-    /// the broker. Every delivery is settled before this returns.
+    /// Stops taking deliveries, lets in-flight handlers finish, then cancels
+    /// the rest and returns their events to the broker; returns within the
+    /// shutdown deadline whatever the broker does.
+    ///
+    /// The deadline is split: handlers get all but the last fifth of it (at
+    /// most 5 s), which is left for returning the cancelled handlers'
+    /// deliveries. A settle call still waiting on the broker when the
+    /// deadline passes is dropped: the delivery goes back undecided, so the
+    /// broker redelivers it (at-least-once), and the router says so in a
+    /// warning.
     pub async fn shutdown(mut self) -> Result<RouterStats, RouterError> {
         let _ = self.stop.send(true);
         let deadline = self.shared.settings.shutdown_deadline;
+        let settle_grace = (deadline / 5).min(std::time::Duration::from_secs(5));
         let mut first_error = None;
-        let drained = tokio::time::timeout(deadline, async {
+        let drained = tokio::time::timeout(deadline - settle_grace, async {
             while let Some(done) = self.consumers.join_next().await {
                 if let Err(e) = flatten(done) {
                     first_error.get_or_insert(e);
@@ -359,12 +367,26 @@ impl RunningRouter {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(group = %self.group, ?deadline, "shutdown deadline passed; cancelling handlers still running");
+            tracing::warn!(group = %self.group, ?deadline, "shutdown deadline near; cancelling handlers still running");
             let _ = self.abandon.send(true);
-            while let Some(done) = self.consumers.join_next().await {
-                if let Err(e) = flatten(done) {
-                    first_error.get_or_insert(e);
+            let settled = tokio::time::timeout(settle_grace, async {
+                while let Some(done) = self.consumers.join_next().await {
+                    if let Err(e) = flatten(done) {
+                        first_error.get_or_insert(e);
+                    }
                 }
+            })
+            .await;
+            if settled.is_err() {
+                tracing::warn!(
+                    group = %self.group,
+                    consumers = self.consumers.len(),
+                    "settling did not finish within the shutdown deadline; the broker redelivers what was not settled"
+                );
+                // Aborted consumers drop their undecided deliveries, which
+                // the contract turns into redeliveries.
+                self.consumers.abort_all();
+                while self.consumers.join_next().await.is_some() {}
             }
         }
         match first_error {
