@@ -390,3 +390,40 @@ async fn shutdown_returns_within_its_deadline_when_settling_hangs() {
     assert!(took <= deadline, "shutdown took {took:?}, deadline {deadline:?}");
     assert_eq!(stats.abandoned, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_harness_keeps_an_abandoned_event_at_its_attempt() {
+    let h = TestHarness::new();
+    let attempts = Collector::<u32>::new();
+    let sink = attempts.clone();
+    let handler = move |_e: DomainEvent<Ping>, ctx: Context| {
+        let sink = sink.clone();
+        async move {
+            sink.push(ctx.attempt());
+            if sink.len() == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, HandlerError>(())
+        }
+    };
+    let router = Router::new(h.bus(), "g")
+        .with_shutdown_deadline(std::time::Duration::from_secs(1))
+        .with_handler_timeout(None)
+        .on::<Ping, _>("t", handler.clone())
+        .start()
+        .await
+        .unwrap();
+    h.bus().publish("t", Ping::new(1)).await.unwrap();
+    attempts.wait_len(1, WAIT, "the handler to start").await;
+    assert_eq!(router.shutdown().await.unwrap().abandoned, 1);
+    let router = Router::new(h.bus(), "g")
+        .on::<Ping, _>("t", handler)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts.wait_len(2, WAIT, "the event to come back").await,
+        vec![1, 1]
+    );
+    router.shutdown().await.unwrap();
+}

@@ -299,6 +299,10 @@ impl Acknowledge for RecordingAcker {
         self.acker.nack(retry_after).await
     }
 
+    async fn release(self: Box<Self>) -> Result<(), SettleError> {
+        self.acker.release().await
+    }
+
     async fn dead_letter(self: Box<Self>, letter: DeadLetter) -> Result<(), SettleError> {
         let this = *self;
         this.acker
