@@ -125,3 +125,68 @@ impl BusFixture for MemoryFixture {
             .map_err(|e| e.to_string())
     }
 }
+
+/// A fixture with some hostile-input outcomes declared from outside, for a
+/// backend's scenario-18 suite: every other method is the wrapped
+/// fixture's.
+///
+/// ```ignore
+/// busline_testkit::hostile_input_suite!(
+///     Declared::new(NatsFixture::new().await)
+///         .with(Poison::ForeignNameNotUtf8, HostileOutcome::MovedAside)
+/// );
+/// ```
+pub struct Declared<F> {
+    fixture: F,
+    outcomes: std::collections::HashMap<Poison, HostileOutcome>,
+}
+
+impl<F: BusFixture> Declared<F> {
+    /// `fixture` with its own declarations.
+    pub fn new(fixture: F) -> Self {
+        Self {
+            fixture,
+            outcomes: Default::default(),
+        }
+    }
+
+    /// Declares what the backend does with `poison`.
+    pub fn with(mut self, poison: Poison, outcome: HostileOutcome) -> Self {
+        self.outcomes.insert(poison, outcome);
+        self
+    }
+}
+
+#[async_trait]
+impl<F: BusFixture> BusFixture for Declared<F> {
+    fn name(&self) -> &str {
+        self.fixture.name()
+    }
+
+    async fn connect(&self) -> Bus {
+        self.fixture.connect().await
+    }
+
+    fn dialect(&self) -> HeaderDialect {
+        self.fixture.dialect()
+    }
+
+    async fn publish_wire(&self, topic: &str, message: WireInput) -> Result<(), String> {
+        self.fixture.publish_wire(topic, message).await
+    }
+
+    async fn restart_broker(&self) -> Option<Result<(), String>> {
+        self.fixture.restart_broker().await
+    }
+
+    fn restart_stream_len(&self) -> u64 {
+        self.fixture.restart_stream_len()
+    }
+
+    fn hostile_outcome(&self, poison: Poison) -> HostileOutcome {
+        self.outcomes
+            .get(&poison)
+            .copied()
+            .unwrap_or_else(|| self.fixture.hostile_outcome(poison))
+    }
+}

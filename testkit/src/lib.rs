@@ -17,7 +17,7 @@ mod harness;
 pub mod scenarios;
 pub mod support;
 
-pub use fixture::{test_settings, BusFixture, MemoryFixture, WireInput};
+pub use fixture::{test_settings, BusFixture, Declared, MemoryFixture, WireInput};
 pub use harness::{DeadLettered, TestHarness};
 
 /// Expands into one `#[tokio::test]` per conformance scenario for a fixture
