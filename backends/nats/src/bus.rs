@@ -1,17 +1,22 @@
 //! [`NatsBus`]: the `EventBus` of the NATS JetStream backend.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use busline_core::{
-    async_trait, Capabilities, ConfigError, ConsumeError, EventBus, PublishError, RawEvent, SubscribeError,
-    SubscribeErrorKind, SubscribeOptions, Subscription,
+    async_trait, Capabilities, ConfigError, ConsumeError, EventBus, PublishError, RawEvent, RetryPolicy,
+    SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::advisory::{self, Watched};
 use crate::config::{NatsConfig, Storage};
 use crate::consumer::Member;
+use crate::naming::consumer_name;
+use crate::reconnect::StormGuard;
 use crate::shared::Shared;
 use crate::topology::{Topology, TopologyError};
 
@@ -40,9 +45,15 @@ impl NatsBus {
     /// Connects to the servers of a `nats://` or `tls://` URL (credentials
     /// in the URL, or `creds_file` in `nats`).
     pub async fn connect(config: &busline_core::BusConfig, nats: NatsConfig) -> Result<Self, ConfigError> {
+        let nats = nats.resolved(config.retry.max_attempts);
         let endpoint = crate::config::endpoint(config, &nats).await?;
+        // Well under ack_wait: the connection must be back before the
+        // server's next redelivery or max-deliveries advisory.
+        let guard =
+            StormGuard::new((nats.ack_wait / 4).clamp(Duration::from_millis(100), Duration::from_secs(2)));
         let client = endpoint
             .options
+            .reconnect_delay_callback(move |attempts| guard.delay(attempts))
             .connect(endpoint.servers)
             .await
             .map_err(|e| ConfigError::Connect {
@@ -52,9 +63,11 @@ impl NatsBus {
         Ok(Self::from_client(client, nats))
     }
 
-    /// A bus over an already connected client.
+    /// A bus over an already connected client. A derived `max_deliver`
+    /// (`0`) is resolved for the default retry policy; the client's own
+    /// reconnect delays stay as they are.
     pub fn from_client(client: async_nats::Client, nats: NatsConfig) -> Self {
-        let config = Arc::new(nats);
+        let config = Arc::new(nats.resolved(RetryPolicy::default().max_attempts));
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             // Publishers wait for room rather than fail when many acks are
@@ -71,6 +84,9 @@ impl NatsBus {
                 settling: TaskTracker::new(),
                 in_flight: Default::default(),
                 attempts: Default::default(),
+                wire: Default::default(),
+                watched: Default::default(),
+                stats: Default::default(),
             }),
         }
     }
@@ -85,11 +101,42 @@ impl NatsBus {
         &self.shared.config
     }
 
+    /// What this connection has seen so far.
+    pub fn stats(&self) -> NatsStats {
+        let s = &self.shared.stats;
+        NatsStats {
+            reconnects: self
+                .shared
+                .client
+                .statistics()
+                .connects
+                .load(Ordering::Relaxed)
+                .saturating_sub(1),
+            unparseable_moved_aside: s.unparseable.load(Ordering::Relaxed),
+            max_delivered_moved_aside: s.max_delivered.load(Ordering::Relaxed),
+        }
+    }
+
     /// The streams this connection declared (for tests and tools that clean
     /// up after themselves).
     pub fn declared_streams(&self) -> Vec<String> {
         self.shared.topology.declared()
     }
+}
+
+/// Counts of one connection, from [`NatsBus::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NatsStats {
+    /// Times the client connected again after losing its connection (a
+    /// server restart, a network fault, or a message it could not parse).
+    pub reconnects: u64,
+    /// Messages the client could not parse, dead-lettered as
+    /// `unparseable_message` after the server stopped delivering them.
+    pub unparseable_moved_aside: u64,
+    /// Readable messages the server stopped delivering before the group
+    /// settled them, dead-lettered as `max_attempts_exceeded`.
+    pub max_delivered_moved_aside: u64,
 }
 
 fn subscribe_error(shared: &Shared, topic: &str, e: TopologyError) -> SubscribeError {
@@ -145,6 +192,18 @@ impl EventBus for NatsBus {
             .provision(topic, group, options.start_from)
             .await
             .map_err(|e| subscribe_error(&self.shared, topic, e))?;
+        if let Some(consumer) = consumer_name(group) {
+            advisory::watch(
+                &self.shared,
+                Watched {
+                    stream: names.stream.clone(),
+                    consumer,
+                    topic: topic.to_owned(),
+                    group: group.to_owned(),
+                    names: names.clone(),
+                },
+            );
+        }
         let member = Member::new(
             self.shared.clone(),
             consumer,

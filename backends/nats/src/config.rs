@@ -48,9 +48,14 @@ pub struct NatsConfig {
     /// Default 30 s.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
-    /// Deliveries of one event before the server gives up on it; `-1`
-    /// (the default) is unlimited, since the router's retry policy decides
-    /// when to dead-letter.
+    /// Deliveries of one event before the server gives up on it (the
+    /// consumer's `max_deliver`). `0`, the default, derives it from the
+    /// bus's retry policy: `max_attempts` plus [`MAX_DELIVER_MARGIN`], so the
+    /// router dead-letters first, and a delivery lost in transit still
+    /// leaves it a chance. When the server gives up, busline dead-letters
+    /// the message from the server's advisory; this is how a message the
+    /// client cannot parse leaves the consumer. `-1` is unlimited: such a
+    /// message then comes back every `ack_wait` for as long as it is kept.
     pub max_deliver: i64,
     /// Deliveries a whole group may hold unacknowledged (the consumer's
     /// `max_ack_pending`). Each member is further bounded by its own
@@ -95,7 +100,7 @@ impl Default for NatsConfig {
             max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(30),
-            max_deliver: -1,
+            max_deliver: 0,
             max_ack_pending: 1024,
             fetch_batch: 256,
             fetch_expires: Duration::from_secs(30),
@@ -107,6 +112,21 @@ impl Default for NatsConfig {
             tls: TlsConfig::default(),
             connection_name: None,
         }
+    }
+}
+
+/// Deliveries the derived `max_deliver` allows beyond the retry policy's
+/// `max_attempts`.
+pub const MAX_DELIVER_MARGIN: i64 = 2;
+
+impl NatsConfig {
+    /// This configuration with a derived `max_deliver` (`0`) resolved for a
+    /// retry policy of `max_attempts`.
+    pub(crate) fn resolved(mut self, max_attempts: u32) -> Self {
+        if self.max_deliver == 0 {
+            self.max_deliver = i64::from(max_attempts.max(1)) + MAX_DELIVER_MARGIN;
+        }
+        self
     }
 }
 

@@ -1,7 +1,8 @@
 //! One group member: pulls from the group's durable consumer, at most
 //! `max_in_flight` deliveries unsettled, and pulls again after any error
 //! (a server restart, a lost connection, a recreated consumer) without
-//! ending the subscription.
+//! ending the subscription. After a reconnect it pulls one message per
+//! request for a while (see [`crate::reconnect`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::acker::{NatsAcker, Received};
 use crate::headers;
 use crate::keepalive::Keepalive;
 use crate::naming::TopicNames;
+use crate::reconnect::WireState;
 use crate::shared::Shared;
 
 pub(crate) struct Member {
@@ -31,11 +33,16 @@ pub(crate) struct Member {
     pub(crate) batch: usize,
     pub(crate) keepalive: Arc<Keepalive>,
     pub(crate) closed: CancellationToken,
-    messages: Option<pull::Stream>,
+    messages: Option<(pull::Stream, WireState)>,
     stream_name: Arc<str>,
+    /// Wakes a member waiting for messages to look at the connection:
+    /// after a reconnect, the stream pulled before it is replaced.
+    look: tokio::time::Interval,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often a waiting member checks for a reconnect.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
 
 impl Member {
     #[allow(clippy::too_many_arguments)]
@@ -50,7 +57,10 @@ impl Member {
     ) -> Self {
         let config = &shared.config;
         let keepalive = Keepalive::start(shared.client.clone(), config.ack_wait, shared.closed.clone());
+        let mut look = tokio::time::interval(LOOK_EVERY);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
+            look,
             batch: max_in_flight.clamp(1, config.fetch_batch.max(1)),
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             stream_name: names.stream.as_str().into(),
@@ -75,9 +85,20 @@ impl Member {
         };
         let mut backoff = Duration::from_millis(50);
         loop {
+            // A poison redelivered after ack_wait comes with whatever else
+            // is due; pulling it alone keeps the rest from dying with the
+            // connection again. Three ack_waits outlast its next return.
+            let wire = self
+                .shared
+                .wire
+                .state(&self.shared.client, self.shared.config.ack_wait * 3);
+            if self.messages.as_ref().is_some_and(|(_, seen)| *seen != wire) {
+                self.give_back();
+            }
             if self.messages.is_none() {
-                match self.open().await {
-                    Ok(messages) => self.messages = Some(messages),
+                let batch = if wire.careful { 1 } else { self.batch };
+                match self.open(batch).await {
+                    Ok(messages) => self.messages = Some((messages, wire)),
                     Err(e) => {
                         tracing::warn!(topic = %self.topic, group = %self.group, error = %e, "cannot pull; retrying");
                         self.pause(&mut backoff).await?;
@@ -85,11 +106,12 @@ impl Member {
                     }
                 }
             }
-            let messages = self.messages.as_mut()?;
+            let (messages, _) = self.messages.as_mut()?;
             let next = tokio::select! {
                 biased;
                 _ = self.closed.cancelled() => return None,
                 next = messages.next() => next,
+                _ = self.look.tick() => continue,
             };
             match next {
                 Some(Ok(message)) => return Some(self.deliver(message, permit)),
@@ -115,8 +137,21 @@ impl Member {
         Some(())
     }
 
-    async fn open(&mut self) -> Result<pull::Stream, BoxError> {
-        match self.pull().await {
+    /// Ends the current pull stream, returning what it holds but has not
+    /// handed out, so it is redelivered at once rather than after ack_wait.
+    fn give_back(&mut self) {
+        let Some((mut messages, _)) = self.messages.take() else {
+            return;
+        };
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            self.shared.spawn_settle(async move {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            });
+        }
+    }
+
+    async fn open(&mut self, batch: usize) -> Result<pull::Stream, BoxError> {
+        match self.pull(batch).await {
             Ok(messages) => Ok(messages),
             Err(first) => {
                 // The consumer (or its stream) may be gone, e.g. memory
@@ -130,16 +165,16 @@ impl Member {
                     .await
                     .map_err(BoxError::from)?;
                 self.consumer = consumer;
-                Ok(self.pull().await?)
+                Ok(self.pull(batch).await?)
             }
         }
     }
 
-    async fn pull(&self) -> Result<pull::Stream, async_nats::jetstream::consumer::StreamError> {
+    async fn pull(&self, batch: usize) -> Result<pull::Stream, async_nats::jetstream::consumer::StreamError> {
         let c = &self.shared.config;
         self.consumer
             .stream()
-            .max_messages_per_batch(self.batch)
+            .max_messages_per_batch(batch)
             .expires(c.fetch_expires)
             .heartbeat(c.heartbeat)
             .messages()
@@ -183,13 +218,6 @@ impl Drop for Member {
     fn drop(&mut self) {
         // Messages already pulled into this client but not handed out would
         // otherwise wait for ack_wait on the server: give them back now.
-        let Some(mut messages) = self.messages.take() else {
-            return;
-        };
-        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-            self.shared.spawn_settle(async move {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
-            });
-        }
+        self.give_back();
     }
 }

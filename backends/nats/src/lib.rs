@@ -18,7 +18,15 @@
 //!   dead letter is published to the DLQ stream and then the original is
 //!   `term`inated; a delivery dropped undecided is nak'ed.
 //! - The client reconnects by itself, and subscriptions pull again after a
-//!   server restart; unacknowledged events come again.
+//!   server restart; unacknowledged events come again. Reconnect rounds in
+//!   quick succession back off, and for a while after a reconnect members
+//!   pull one message per request.
+//! - A message async-nats cannot parse (header bytes that are not UTF-8)
+//!   costs the connection on each delivery and never reaches busline; the
+//!   consumer's `max_deliver` ends its deliveries, and busline answers the
+//!   server's `MAX_DELIVERIES` advisory by reading the stored bytes through
+//!   the stream message API and dead-lettering them as
+//!   `unparseable_message` ([`NatsStats`] counts them).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), busline_core::ConfigError> {
@@ -29,6 +37,7 @@
 #![deny(missing_docs)]
 
 mod acker;
+mod advisory;
 mod attempts;
 mod bus;
 mod config;
@@ -37,11 +46,13 @@ mod headers;
 mod keepalive;
 mod naming;
 mod publisher;
+mod rawmsg;
+mod reconnect;
 mod shared;
 mod topology;
 
-pub use bus::NatsBus;
-pub use config::{NatsConfig, Retention, Storage, TlsConfig};
+pub use bus::{NatsBus, NatsStats};
+pub use config::{NatsConfig, Retention, Storage, TlsConfig, MAX_DELIVER_MARGIN};
 pub use naming::{consumer_name, escape, TopicNames};
 
 use busline_core::{Bus, BusConfig, BusSettings, ConfigError};

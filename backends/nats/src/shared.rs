@@ -1,8 +1,9 @@
 //! What every part of one connection shares: the client, the JetStream
 //! context, the topology, and the shutdown state.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
@@ -13,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::attempts::AttemptFloor;
 use crate::config::NatsConfig;
+use crate::reconnect::WireWatch;
 use crate::topology::Topology;
 
 pub(crate) struct Shared {
@@ -29,6 +31,20 @@ pub(crate) struct Shared {
     pub(crate) in_flight: InFlight,
     /// Attempts of events this connection returned to the server.
     pub(crate) attempts: AttemptFloor,
+    /// Reconnects as the members see them.
+    pub(crate) wire: WireWatch,
+    /// `<stream>.<consumer>` pairs whose max-deliveries advisories a task
+    /// of this connection watches.
+    pub(crate) watched: Mutex<HashSet<String>>,
+    /// Messages moved aside by the advisory watchers.
+    pub(crate) stats: Counters,
+}
+
+/// Counts behind [`NatsStats`](crate::NatsStats).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) unparseable: AtomicU64,
+    pub(crate) max_delivered: AtomicU64,
 }
 
 impl Shared {
