@@ -440,6 +440,7 @@ async fn rabbitmq_sdk_amqp_binary_event_with_native_time_reaches_a_typed_handler
 /// says consumers SHOULD understand both; the SDK reads both and writes
 /// `_`. Here the SDK's properties are renamed to the `:` form.
 #[tokio::test]
+#[ignore = "finding: busline reads only the `cloudEvents_` prefix; the AMQP binding also permits `cloudEvents:`"]
 async fn rabbitmq_binary_event_with_colon_prefix_reaches_a_typed_handler() {
     rabbitmq_sdk_events_reach_a_typed_handler(&[
         "--binding",
