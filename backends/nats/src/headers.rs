@@ -1,19 +1,31 @@
 //! The envelope as NATS headers, through the core's one header mapping
 //! ([`HeaderDialect::NATS`]: `ce-` prefix, percent-encoded values), plus the
-//! JetStream headers busline sets itself.
+//! JetStream headers busline sets itself, and what the CloudEvents NATS
+//! binding (1.0.3 draft) asks beyond the core's mapping: the content type
+//! also as `ce-datacontenttype`, and values in double quotes unescaped
+//! (RFC 7230 § 3.2.6) before they are percent-decoded.
 
 use async_nats::HeaderMap;
 use busline_core::wire::{self, HeaderDialect, NativeAttributes};
 use busline_core::{DeadLetter, EnvelopeError, RawEvent, REPLAY_COUNT};
 use bytes::Bytes;
+use std::borrow::Cow;
 
 /// JetStream's de-duplication header.
 pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+/// The content type as the binding's `ce-` attribute header.
+pub(crate) const DATACONTENTTYPE: &str = "ce-datacontenttype";
 
 /// The headers of `event`, its `Nats-Msg-Id` included.
 pub(crate) fn encode(event: &RawEvent) -> Result<HeaderMap, EnvelopeError> {
     let mut map = HeaderMap::new();
     wire::for_each_header(event, &HeaderDialect::NATS, |name, value| map.insert(name, value))?;
+    // The binding maps every attribute to a `ce-` header, datacontenttype
+    // included; `content-type` stays for clients that read only that.
+    map.insert(
+        DATACONTENTTYPE,
+        HeaderDialect::NATS.encode_value(&event.data.content_type),
+    );
     map.insert(MSG_ID, msg_id(event));
     Ok(map)
 }
@@ -31,14 +43,71 @@ pub(crate) fn msg_id(event: &RawEvent) -> String {
 /// Reads the envelope of a received message; a message without headers is
 /// read as one with none (and so fails on the missing id).
 pub(crate) fn decode(headers: Option<&HeaderMap>, body: Bytes) -> Result<RawEvent, EnvelopeError> {
-    let pairs = headers
-        .into_iter()
-        .flat_map(|h| h.iter())
-        .flat_map(|(name, values)| {
-            let name: &str = name.as_ref();
-            values.iter().map(move |v| (name, AsRef::<[u8]>::as_ref(v)))
-        });
+    let pairs = || {
+        headers
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .flat_map(|(name, values)| {
+                let name: &str = name.as_ref();
+                values.iter().map(move |v| (name, v.as_str()))
+            })
+    };
+    let quoted = |name: &str, value: &str| is_attribute(name) && value.contains('"');
+    if !pairs().any(|(n, v)| quoted(n, v)) {
+        // busline's own values never hold a quote (it is percent-encoded).
+        let pairs = pairs().map(|(n, v)| (n, v.as_bytes()));
+        return wire::decode_headers(&HeaderDialect::NATS, pairs, NativeAttributes::default(), body);
+    }
+    let mut unquoted: Vec<(&str, Cow<'_, str>)> = Vec::new();
+    for (name, value) in pairs() {
+        let value = if quoted(name, value) {
+            Cow::Owned(unquote(value).map_err(|reason| EnvelopeError::Invalid {
+                attribute: name[ATTRIBUTE_PREFIX.len()..].to_ascii_lowercase(),
+                reason: reason.into(),
+            })?)
+        } else {
+            Cow::Borrowed(value)
+        };
+        unquoted.push((name, value));
+    }
+    let pairs = unquoted.iter().map(|(n, v)| (*n, v.as_bytes()));
     wire::decode_headers(&HeaderDialect::NATS, pairs, NativeAttributes::default(), body)
+}
+
+const ATTRIBUTE_PREFIX: &str = "ce-";
+
+/// Whether `name` carries a CloudEvents attribute (`ce-`, any case).
+fn is_attribute(name: &str) -> bool {
+    name.as_bytes()
+        .get(..ATTRIBUTE_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(ATTRIBUTE_PREFIX.as_bytes()))
+}
+
+/// A header value with its double-quoted strings unescaped (RFC 7230
+/// § 3.2.6: the quotes go, `\x` becomes `x`), as the binding asks of a
+/// receiver before percent-decoding; older producers quoted values with
+/// spaces instead of encoding them.
+fn unquote(value: &str) -> Result<String, &'static str> {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            out.push(c);
+            continue;
+        }
+        loop {
+            match chars.next() {
+                Some('"') => break,
+                Some('\\') => match chars.next() {
+                    Some(escaped) => out.push(escaped),
+                    None => return Err("quoted string ends in a backslash"),
+                },
+                Some(c) => out.push(c),
+                None => return Err("quoted string without its closing quote"),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The headers of the dead letter of a message: the original envelope
@@ -117,6 +186,51 @@ mod tests {
         assert_eq!(h.get(MSG_ID).unwrap().as_str(), e.id);
         let back = decode(Some(&h), e.data.bytes.clone()).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn the_content_type_is_also_an_attribute_header() {
+        let mut e = event();
+        e.data.content_type = "application/json; charset=utf-8".into();
+        let h = encode(&e).unwrap();
+        assert_eq!(
+            h.get("content-type").unwrap().as_str(),
+            "application/json; charset=utf-8"
+        );
+        assert_eq!(
+            h.get(DATACONTENTTYPE).unwrap().as_str(),
+            "application/json;%20charset=utf-8"
+        );
+        assert_eq!(decode(Some(&h), e.data.bytes.clone()).unwrap(), e);
+    }
+
+    #[test]
+    fn quoted_values_are_unescaped_before_percent_decoding() {
+        assert_eq!(unquote(r#""acme corp""#).unwrap(), "acme corp");
+        assert_eq!(
+            unquote(r#""say \"hi\" \\ 100%25""#).unwrap(),
+            r#"say "hi" \ 100%25"#
+        );
+        assert_eq!(unquote(r#"a "b c" d"#).unwrap(), "a b c d");
+        assert!(unquote(r#""open"#).is_err());
+        assert!(unquote("\"tail\\").is_err());
+
+        let e = event();
+        let mut h = encode(&e).unwrap();
+        h.insert("ce-tenant", r#""acme corp""#);
+        h.insert("CE-Note", r#""100%25 \"sure\"""#);
+        let back = decode(Some(&h), e.data.bytes.clone()).unwrap();
+        assert_eq!(back.extensions["tenant"], "acme corp");
+        assert_eq!(back.extensions["note"], r#"100% "sure""#);
+        // Not an attribute: left as it is.
+        h.insert("x-other", r#""q""#);
+        assert!(decode(Some(&h), e.data.bytes.clone()).is_ok());
+        h.insert("ce-tenant", r#""open"#);
+        let err = decode(Some(&h), e.data.bytes.clone()).unwrap_err();
+        assert!(
+            matches!(&err, EnvelopeError::Invalid { attribute, .. } if attribute == "tenant"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -57,6 +57,7 @@ async fn busline_event_shows_every_attribute_as_a_header() {
     assert_eq!(get("ce-partitionkey"), "order%201");
     assert_eq!(get("ce-tenant"), "acme%20corp");
     assert_eq!(get("content-type"), "application/json");
+    assert_eq!(get("ce-datacontenttype"), "application/json");
     assert_eq!(get("Nats-Msg-Id"), id);
     let ping: Ping = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(ping.seq, 1);
@@ -141,5 +142,76 @@ async fn the_same_event_published_twice_is_delivered_once() {
             .is_err(),
         "nothing else is delivered"
     );
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_quoted_values_and_ce_datacontenttype_from_a_plain_client() {
+    let fixture = NatsFixture::new().await;
+    let bus = fixture.connect().await;
+    let (topic, group) = (unique("interop.quoted"), unique("g"));
+    let got = Collector::<DomainEvent<Ping>>::new();
+    let router = Router::new(bus.clone(), &group)
+        .on::<Ping, _>(&topic, recorder(&got))
+        .start()
+        .await
+        .unwrap();
+    let mut dlq = bus
+        .subscribe(
+            &busline_core::dead_letter_topic(&topic, &group),
+            &group,
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    // An older producer: values in double quotes rather than
+    // percent-encoded, and the content type only as the binding's
+    // `ce-datacontenttype` (no `content-type` header).
+    let plain = fixture.raw().await;
+    let js = async_nats::jetstream::new(plain.clone());
+    let subject = TopicNames::of(&topic).unwrap().subject("test.ping");
+    let publish = |id: &'static str, tenant: &'static str| {
+        let js = js.clone();
+        let subject = subject.clone();
+        async move {
+            let mut headers = HeaderMap::new();
+            for (name, value) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", id),
+                ("ce-type", "test.ping"),
+                ("ce-source", "/old/producer"),
+                ("ce-time", "2026-01-02T03:04:05Z"),
+                ("ce-tenant", tenant),
+                ("ce-note", r#""say \"hi\", 100%25 sure""#),
+                ("CE-DataContentType", r#""application/json""#),
+            ] {
+                headers.insert(name, value);
+            }
+            js.publish_with_headers(subject, headers, r#"{"seq":7,"note":""}"#.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    publish("quoted-1", r#""acme corp""#).await;
+    // An unterminated quote is a malformed attribute: dead-lettered.
+    publish("quoted-2", r#""acme"#).await;
+
+    let e = got.wait_len(1, WAIT, "the quoted event").await.remove(0);
+    assert_eq!(e.id, "quoted-1");
+    assert_eq!(e.extensions["tenant"], "acme corp");
+    assert_eq!(e.extensions["note"], r#"say "hi", 100% sure"#);
+    assert_eq!(e.data.seq, 7);
+    let letter = within(WAIT, "the letter of the bad quote", dlq.next())
+        .await
+        .unwrap()
+        .unwrap();
+    // The letter keeps the original headers, so it reads with the same error.
+    let err = letter.event().unwrap_err().to_string();
+    assert!(err.contains("tenant") && err.contains("closing quote"), "{err}");
+    letter.ack().await.unwrap();
+    router.shutdown().await.unwrap();
     bus.shutdown().await;
 }
