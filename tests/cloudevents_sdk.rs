@@ -93,7 +93,9 @@ async fn sdk(args: &[&str]) -> Value {
         Ok(status) => status.expect("wait for the SDK script"),
         Err(_) => {
             let _ = child.kill().await;
-            panic!("the SDK script {args:?} did not finish within its bound; killed");
+            // Killed, its pipes are closed: what it said so far is there.
+            let said = tokio::time::timeout(Duration::from_secs(5), stderr).await;
+            panic!("the SDK script {args:?} did not finish within its bound; killed. stderr: {said:?}");
         }
     };
     let text = |r: Result<Result<Vec<u8>, std::io::Error>, tokio::task::JoinError>| {
