@@ -5,9 +5,9 @@ use std::sync::Arc;
 use busline_codecs::CodecRegistry;
 
 use crate::{
-    BusConfig, Capabilities, ConfigError, ConsumerConfig, DeadLetterPolicy, DomainEvent, Event, EventBus,
-    Payload, PublishError, PublishErrorKind, RawEvent, RetryPolicy, SubscribeError, SubscribeOptions,
-    Subscription,
+    BusConfig, Capabilities, ConfigError, ConsumerConfig, ContentMode, DeadLetterPolicy, DomainEvent, Event,
+    EventBus, Payload, PublishError, PublishErrorKind, RawEvent, RetryPolicy, SubscribeError,
+    SubscribeOptions, Subscription,
 };
 
 /// What a [`Bus`] stamps on events and hands routers as defaults.
@@ -23,6 +23,8 @@ pub struct BusSettings {
     pub dead_letter: DeadLetterPolicy,
     /// Default consumer settings of routers.
     pub consumer: ConsumerConfig,
+    /// How published events travel: binary (default) or structured mode.
+    pub content_mode: ContentMode,
 }
 
 impl Default for BusSettings {
@@ -33,6 +35,7 @@ impl Default for BusSettings {
             retry: RetryPolicy::default(),
             dead_letter: DeadLetterPolicy::default(),
             consumer: ConsumerConfig::default(),
+            content_mode: ContentMode::Binary,
         }
     }
 }
@@ -48,7 +51,14 @@ impl BusSettings {
             retry: config.retry.clone(),
             dead_letter: config.dead_letter.clone(),
             consumer: config.consumer.clone(),
+            content_mode: config.content_mode,
         })
+    }
+
+    /// Sets how published events travel.
+    pub fn with_content_mode(mut self, mode: ContentMode) -> Self {
+        self.content_mode = mode;
+        self
     }
 
     /// Sets the service name.
@@ -178,9 +188,27 @@ impl Bus {
         if event.source.is_empty() {
             event.source.clone_from(&self.settings.service);
         }
-        crate::wire::validate(&event)
-            .map_err(|e| PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e))?;
+        let event = self.in_content_mode(topic, event)?;
         self.transport.publish(topic, event).await
+    }
+
+    /// Validates `event` and, in structured mode, wraps it in its
+    /// structured form: the same attributes (backends route and key by
+    /// them), the whole event as the payload.
+    fn in_content_mode(&self, topic: &str, event: RawEvent) -> Result<RawEvent, PublishError> {
+        let invalid = |e| PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e);
+        crate::wire::validate(&event).map_err(invalid)?;
+        match self.settings.content_mode {
+            ContentMode::Binary => Ok(event),
+            ContentMode::Structured if crate::wire::is_structured(&event.data.content_type) => Ok(event),
+            ContentMode::Structured => {
+                let body = crate::wire::encode_structured(&event).map_err(invalid)?;
+                Ok(event.map_data(|_| Payload {
+                    content_type: crate::wire::STRUCTURED_JSON.to_owned(),
+                    bytes: body,
+                }))
+            }
+        }
     }
 
     /// Encodes a typed envelope into the raw form a backend publishes.
@@ -198,9 +226,7 @@ impl Bus {
         if raw.source.is_empty() {
             raw.source.clone_from(&self.settings.service);
         }
-        crate::wire::validate(&raw)
-            .map_err(|e| PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e))?;
-        Ok(raw)
+        self.in_content_mode(topic, raw)
     }
 
     /// Creates `group` on `topic` (and its DLQ) ahead of its first consumer.

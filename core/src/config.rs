@@ -17,6 +17,21 @@ pub const ENV_CODEC: &str = "BUSLINE_CODEC";
 /// The environment variable that points at a TOML configuration file.
 pub const ENV_CONFIG_FILE: &str = "BUSLINE_CONFIG";
 
+/// How published events travel (CloudEvents content modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentMode {
+    /// Attributes as broker headers, the payload as the body: what every
+    /// CloudEvents consumer of the broker reads, and the cheaper one.
+    #[default]
+    Binary,
+    /// The whole event as one JSON object in the body, content type
+    /// `application/cloudevents+json`, for consumers that read only that
+    /// (HTTP bridges, some SDK setups). Payloads that are not JSON travel
+    /// base64-encoded.
+    Structured,
+}
+
 /// Everything a bus needs, deserializable from TOML (or any serde format)
 /// and from the environment.
 ///
@@ -47,6 +62,10 @@ pub struct BusConfig {
     pub service: String,
     /// Codec of published payloads: `json` (default) or `msgpack`.
     pub codec: String,
+    /// How published events travel: `binary` (default: attributes as broker
+    /// headers) or `structured` (the whole event as one JSON object in the
+    /// body). Both are read on every backend whatever this says.
+    pub content_mode: ContentMode,
     /// Default retry policy of routers on this bus.
     pub retry: RetryPolicy,
     /// Default dead-letter policy of routers on this bus.
@@ -69,6 +88,7 @@ impl Default for BusConfig {
             url: BrokerUrl::new("memory://"),
             service: "busline".into(),
             codec: "json".into(),
+            content_mode: ContentMode::default(),
             retry: RetryPolicy::default(),
             dead_letter: DeadLetterPolicy::default(),
             consumer: ConsumerConfig::default(),

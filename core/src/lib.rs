@@ -38,8 +38,8 @@ pub use bus::{Bus, BusSettings};
 pub use busline_codecs as codecs;
 pub use busline_codecs::{CodecError, CodecRegistry};
 pub use config::{
-    is_secret_key, BackendSection, BrokerUrl, BusConfig, ConsumerConfig, ENV_CODEC, ENV_CONFIG_FILE,
-    ENV_SERVICE, ENV_URL,
+    is_secret_key, BackendSection, BrokerUrl, BusConfig, ConsumerConfig, ContentMode, ENV_CODEC,
+    ENV_CONFIG_FILE, ENV_SERVICE, ENV_URL,
 };
 pub use dead_letter::{
     dead_letter_topic, DeadLetter, DeadLetterPolicy, DeadLetterReason, UnknownEventAction,

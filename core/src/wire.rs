@@ -278,6 +278,14 @@ pub fn for_each_header(
     mut put: impl FnMut(&str, &str),
 ) -> Result<(), EnvelopeError> {
     validate(event)?;
+    if is_structured(&event.data.content_type) {
+        // Structured mode: the attributes are in the body; the content type
+        // is all a receiver needs to tell the modes apart.
+        if let Some(h) = dialect.content_type_header {
+            put(h, &event.data.content_type);
+        }
+        return Ok(());
+    }
     let mut name_buf = String::with_capacity(dialect.prefix.len() + 24);
     let mut emit = |name: &str, value: &str| {
         name_buf.clear();

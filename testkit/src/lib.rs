@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
     (@each $fixture:expr, $rt:tt) => {
         $crate::conformance_suite!(@tests $fixture, $rt,
             s01_envelope_round_trip => envelope_round_trip,
+            s01_structured_mode_round_trip => structured_mode_round_trip,
             s02_concurrent_publishers_and_consumers => concurrent_publishers_and_consumers,
             s03_topics_are_isolated => topics_are_isolated,
             s04_groups_fan_out_and_members_share => groups_fan_out_and_members_share,

@@ -68,6 +68,11 @@ impl Stored {
 
     pub(crate) fn read(&self) -> Result<RawEvent, EnvelopeError> {
         match self {
+            // A structured-mode publish keeps its attributes beside the
+            // body; the body is what a broker's consumer would read.
+            Stored::Event(e) if wire::is_structured(&e.data.content_type) => {
+                wire::decode_structured(&e.data.bytes, e.key.as_deref().map(str::as_bytes))
+            }
             Stored::Event(e) => Ok(e.clone()),
             Stored::Wire(w) => w.decode(),
         }

@@ -382,6 +382,41 @@ mod tests {
     }
 
     #[test]
+    fn a_structured_carrier_travels_with_only_its_content_type() {
+        let e = decode_structured(EVENT.as_bytes(), None).unwrap();
+        let carrier = e.clone().map_data(|_| Payload {
+            content_type: STRUCTURED_JSON.into(),
+            bytes: encode_structured(&e).unwrap(),
+        });
+        for dialect in [
+            HeaderDialect::KAFKA,
+            HeaderDialect::AMQP,
+            HeaderDialect::NATS,
+            HeaderDialect::MEMORY,
+        ] {
+            let headers = crate::wire::encode_headers(&carrier, &dialect).unwrap();
+            let want: Vec<(String, String)> = dialect
+                .content_type_header
+                .map(|h| (h.to_owned(), STRUCTURED_JSON.to_owned()))
+                .into_iter()
+                .collect();
+            assert_eq!(headers, want, "{dialect:?}");
+            let native = NativeAttributes {
+                content_type: dialect.content_type_header.is_none().then_some(STRUCTURED_JSON),
+                key: None,
+            };
+            let back = decode_headers(
+                &dialect,
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+                native,
+                carrier.data.bytes.clone(),
+            )
+            .unwrap();
+            assert_eq!(back, e);
+        }
+    }
+
+    #[test]
     fn round_trips_through_encode_structured() {
         let e = decode_structured(EVENT.as_bytes(), None).unwrap();
         let back = decode_structured(&encode_structured(&e).unwrap(), None).unwrap();

@@ -297,3 +297,56 @@ pub async fn provisioned_group_keeps_events(fixture: &dyn BusFixture) {
     consumer.shutdown().await;
     bus.shutdown().await;
 }
+
+/// Structured content mode: events published by a bus configured for it
+/// (the whole event as JSON in the body, `application/cloudevents+json`)
+/// reach a typed handler with the envelope intact, payloads of other codecs
+/// included (they travel as `data_base64`).
+pub async fn structured_mode_round_trip(fixture: &dyn BusFixture) {
+    use busline_core::{BusSettings, ContentMode};
+    let plain = fixture.connect().await;
+    let settings: BusSettings = plain
+        .settings()
+        .clone()
+        .with_content_mode(ContentMode::Structured);
+    let bus = busline_core::Bus::from_arc(plain.transport().clone(), settings);
+    let (topic, group) = (unique("structured"), unique("g"));
+    let got = Collector::<DomainEvent<Ping>>::new();
+    let router = Router::new(bus.clone(), &group)
+        .on::<Ping, _>(&topic, crate::support::recorder(&got))
+        .start()
+        .await
+        .unwrap();
+    let sent = DomainEvent::new(Ping {
+        seq: 1,
+        note: "structured ✓".into(),
+    })
+    .with_key("k-1")
+    .with_extension("tenant", "acme")
+    .with_correlation_id("req-9");
+    bus.publish_event(&topic, sent.clone()).await.unwrap();
+    let msgpack = busline_core::Bus::from_arc(
+        plain.transport().clone(),
+        bus.settings()
+            .clone()
+            .with_codecs(busline_core::CodecRegistry::msgpack()),
+    );
+    msgpack.publish(&topic, Ping::new(2)).await.unwrap();
+    let mut events = got.wait_len(2, WAIT, "both structured events").await;
+    events.sort_by_key(|e| e.data.seq);
+    let first = &events[0];
+    assert_eq!(
+        (
+            &first.id,
+            &first.data,
+            first.key.as_deref(),
+            first.correlation_id.as_str()
+        ),
+        (&sent.id, &sent.data, Some("k-1"), "req-9")
+    );
+    assert_eq!(first.extensions["tenant"], "acme");
+    assert_eq!(first.source, bus.settings().service);
+    assert_eq!(events[1].data.seq, 2);
+    router.shutdown().await.unwrap();
+    plain.shutdown().await;
+}

@@ -10,7 +10,7 @@ mod routing;
 
 pub use delivery::{
     concurrent_publishers_and_consumers, envelope_round_trip, groups_fan_out_and_members_share,
-    provisioned_group_keeps_events, topics_are_isolated,
+    provisioned_group_keeps_events, structured_mode_round_trip, topics_are_isolated,
 };
 pub use failure::{
     dead_letter_after_max_attempts, nack_redelivers_with_delay, panic_and_timeout_are_retried,
