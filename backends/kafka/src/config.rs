@@ -102,6 +102,16 @@ pub struct KafkaConfig {
     /// disables the bound. Routers dead-letter much earlier, by their retry
     /// policy.
     pub max_attempts: u32,
+    /// First delay before a dead letter that could not be produced (DLQ
+    /// unreachable, refused) is tried again: its record is handed out
+    /// again after it, and the delay doubles with each further failure of
+    /// the same record, up to [`dead_letter_backoff_max`](Self::dead_letter_backoff_max).
+    /// Its key waits meanwhile; nothing is committed past it.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_backoff: Duration,
+    /// The longest delay between tries of a dead letter that keeps failing.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_backoff_max: Duration,
     /// librdkafka properties for every client: `linger.ms`, `sasl.*`,
     /// `security.protocol`, `client.id`, …
     #[serde(flatten)]
@@ -124,6 +134,8 @@ impl Default for KafkaConfig {
             max_buffered: 10_000,
             max_attempts: 1_000,
             fetch_rewind: 0,
+            dead_letter_backoff: Duration::from_millis(200),
+            dead_letter_backoff_max: Duration::from_secs(30),
             properties: Properties::default(),
         }
     }
@@ -171,6 +183,17 @@ impl KafkaConfig {
         self.consumer.apply(&mut c);
         c.set("group.id", group);
         c
+    }
+
+    /// The delay before a record whose dead letter failed `failures` times
+    /// in a row is handed out again: [`dead_letter_backoff`](Self::dead_letter_backoff)
+    /// doubled per further failure, at most
+    /// [`dead_letter_backoff_max`](Self::dead_letter_backoff_max).
+    pub fn dead_letter_delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.dead_letter_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.dead_letter_backoff_max)
     }
 
     /// The admin client's configuration.
@@ -325,6 +348,17 @@ impl Bootstrap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letter_retries_back_off_up_to_the_cap() {
+        let c = KafkaConfig::default();
+        let delays: Vec<_> = [1, 2, 3, 8, 9, 1_000].map(|n| c.dead_letter_delay(n)).into();
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            delays,
+            vec![ms(200), ms(400), ms(800), ms(25_600), ms(30_000), ms(30_000)]
+        );
+    }
 
     #[test]
     fn urls_give_bootstrap_lists() {

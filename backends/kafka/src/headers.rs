@@ -145,7 +145,11 @@ pub(crate) fn decode(
 /// byte (minus dead-letter headers of an earlier failure), plus the letter's
 /// attributes as `ce_` headers.
 pub(crate) fn dead_letter(original: &RawHeaders, letter: &DeadLetter) -> OwnedHeaders {
-    let stale: Vec<String> = dl::ALL.iter().map(|name| DIALECT.header(name)).collect();
+    let stale: Vec<String> = dl::ALL
+        .iter()
+        .chain([&ORIGINAL_SIZE])
+        .map(|name| DIALECT.header(name))
+        .collect();
     let headers = OwnedHeaders::new_with_capacity(original.len() + dl::ALL.len());
     for (name, value) in original {
         if stale.iter().any(|s| s.as_bytes().eq_ignore_ascii_case(name)) {
@@ -161,6 +165,19 @@ pub(crate) fn dead_letter(original: &RawHeaders, letter: &DeadLetter) -> OwnedHe
         });
     }
     headers
+}
+
+/// Extension of a dead letter whose body was cut to fit: the size of the
+/// record's body in bytes.
+pub(crate) const ORIGINAL_SIZE: &str = "deadletteroriginalsize";
+
+/// The headers of a dead letter whose body was cut to fit (reason
+/// `too_large`): those of [`dead_letter`] plus the original body size.
+pub(crate) fn cut_dead_letter(original: &RawHeaders, letter: &DeadLetter, body_size: usize) -> OwnedHeaders {
+    dead_letter(original, letter).insert(Header {
+        key: &DIALECT.header(ORIGINAL_SIZE),
+        value: Some(body_size.to_string().as_bytes()),
+    })
 }
 
 #[cfg(test)]

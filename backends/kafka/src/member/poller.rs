@@ -116,11 +116,11 @@ fn receive(consumer: &BaseConsumer<MemberContext>, member: &MemberShared, timeou
 }
 
 fn record(message: &BorrowedMessage<'_>) -> (i32, i64, Arc<Record>) {
-    let record = Arc::new(Record {
-        key: message.key().map(<[u8]>::to_vec),
-        headers: headers::from_message(message),
-        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-    });
+    let record = Arc::new(Record::new(
+        message.key().map(<[u8]>::to_vec),
+        headers::from_message(message),
+        Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+    ));
     (message.partition(), message.offset(), record)
 }
 

@@ -15,6 +15,7 @@
 //!   nothing: the partition's next owner reads the record again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use busline_core::{EnvelopeError, RawEvent};
@@ -28,9 +29,21 @@ pub(crate) struct Record {
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) headers: RawHeaders,
     pub(crate) payload: Bytes,
+    /// Dead letters of this record that could not be written, in a row:
+    /// the next try waits longer.
+    pub(crate) dead_letter_failures: AtomicU32,
 }
 
 impl Record {
+    pub(crate) fn new(key: Option<Vec<u8>>, headers: RawHeaders, payload: Bytes) -> Self {
+        Self {
+            key,
+            headers,
+            payload,
+            dead_letter_failures: AtomicU32::new(0),
+        }
+    }
+
     pub(crate) fn decode(&self) -> Result<RawEvent, EnvelopeError> {
         headers::decode(&self.headers, self.key.as_deref(), self.payload.clone())
     }
@@ -332,11 +345,11 @@ mod tests {
     use super::*;
 
     fn rec(key: Option<&str>) -> Arc<Record> {
-        Arc::new(Record {
-            key: key.map(|k| k.as_bytes().to_vec()),
-            headers: Vec::new(),
-            payload: Bytes::new(),
-        })
+        Arc::new(Record::new(
+            key.map(|k| k.as_bytes().to_vec()),
+            Vec::new(),
+            Bytes::new(),
+        ))
     }
 
     #[test]

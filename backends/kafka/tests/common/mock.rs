@@ -6,10 +6,18 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::RDKafkaApiKey;
+use rdkafka::types::RDKafkaRespErr;
 
 enum Command {
     Down(i32, mpsc::Sender<Result<(), String>>),
     Up(i32, mpsc::Sender<Result<(), String>>),
+    Errors(
+        RDKafkaApiKey,
+        Vec<RDKafkaRespErr>,
+        mpsc::Sender<Result<(), String>>,
+    ),
+    ClearErrors(RDKafkaApiKey, mpsc::Sender<Result<(), String>>),
 }
 
 /// An in-process Kafka cluster; stopped when dropped.
@@ -34,6 +42,14 @@ impl MockKafka {
                     }
                     Command::Up(id, reply) => {
                         let _ = reply.send(cluster.broker_up(id).map_err(|e| e.to_string()));
+                    }
+                    Command::Errors(api, errors, reply) => {
+                        cluster.request_errors(api, &errors);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Command::ClearErrors(api, reply) => {
+                        cluster.clear_request_errors(api);
+                        let _ = reply.send(Ok(()));
                     }
                 }
             }
@@ -71,6 +87,17 @@ impl MockKafka {
     /// Brings broker `id` back.
     pub fn broker_up(&self, id: i32) -> Result<(), String> {
         self.send(|r| Command::Up(id, r))
+    }
+
+    /// The next `errors.len()` requests of `api` (from any client) fail with
+    /// these errors, in order.
+    pub fn request_errors(&self, api: RDKafkaApiKey, errors: Vec<RDKafkaRespErr>) -> Result<(), String> {
+        self.send(|r| Command::Errors(api, errors, r))
+    }
+
+    /// Drops the errors still queued for `api`.
+    pub fn clear_request_errors(&self, api: RDKafkaApiKey) -> Result<(), String> {
+        self.send(|r| Command::ClearErrors(api, r))
     }
 
     /// Takes every broker down for `outage` (a whole-cluster restart:
