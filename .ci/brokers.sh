@@ -65,10 +65,19 @@ if ! su postgres -c "psql -lqt" 2>/dev/null | cut -d'|' -f1 | grep -qw test; the
     su postgres -c "createdb test" 2>/dev/null || true
 fi
 
+# The Python CloudEvents SDK and the brokers' Python clients for the
+# foreign-client interop test (tests/cloudevents_sdk.rs), in a virtualenv.
+venv="$HOME/.cache/busline-interop-venv"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --disable-pip-version-check -q -r interop/requirements.txt
+
 bash .ci/nats-restartable.sh start
+# A private RabbitMQ node on 5673 for the restart soak test (never the
+# shared broker).
+bash .ci/rabbitmq-restartable.sh start
 
 # Kafka protocol: tansu, built from crates.io the first time (~15 minutes),
 # then reused from ~/.cargo/bin.
 bash .ci/tansu.sh install
 bash .ci/tansu.sh start
-echo "brokers up: RabbitMQ 127.0.0.1:5672, NATS 127.0.0.1:4222 (+ restartable on 4223), PostgreSQL 127.0.0.1:5432, tansu 127.0.0.1:9092"
+echo "brokers up: RabbitMQ 127.0.0.1:5672 (+ restartable on 5673), NATS 127.0.0.1:4222 (+ restartable on 4223), PostgreSQL 127.0.0.1:5432, tansu 127.0.0.1:9092"

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# A private RabbitMQ node for the restart soak test, beside the shared broker
+# on 5672, which it never touches: its own node name, ports, cookie (its own
+# HOME), Mnesia and log directories. Ends only the node it started, by the
+# pid it recorded.
+#
+#   bash .ci/rabbitmq-restartable.sh start|restart|stop
+#
+# restart is stop_app + start_app (the broker application restarts, the
+# Erlang node stays up), as an operator restarts a broker.
+#
+# Environment: RABBITMQ_RESTARTABLE_PORT (5673), RABBITMQ_RESTARTABLE_DIR
+# (state; default $HOME/.cache/busline-rabbitmq-restartable).
+set -euo pipefail
+
+port="${RABBITMQ_RESTARTABLE_PORT:-5673}"
+dir="${RABBITMQ_RESTARTABLE_DIR:-${HOME:-/tmp}/.cache/busline-rabbitmq-restartable}"
+node="busline-soak-${port}@localhost"
+bin=/usr/lib/rabbitmq/bin
+
+mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
+[ -f "$dir/enabled_plugins" ] || echo '[].' >"$dir/enabled_plugins"
+touch "$dir/rabbitmq-env.conf"
+
+export HOME="$dir/home"
+export RABBITMQ_NODENAME="$node"
+export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+export RABBITMQ_NODE_PORT="$port"
+export RABBITMQ_DIST_PORT=$((port + 20000))
+export RABBITMQ_MNESIA_BASE="$dir/mnesia"
+export RABBITMQ_LOG_BASE="$dir/log"
+export RABBITMQ_PID_FILE="$dir/node.pid"
+export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
+export RABBITMQ_CONFIG_FILE="$dir/rabbitmq"
+export RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
+export RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf"
+
+ctl() { timeout 120 "$bin/rabbitmqctl" -n "$node" "$@"; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+running_pid() {
+    [[ -f "$dir/server.pid" ]] || return 1
+    local pid
+    pid="$(cat "$dir/server.pid")"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+start() {
+    if running_pid >/dev/null; then
+        ctl await_startup >/dev/null
+        return 0
+    fi
+    if port_open; then
+        echo "port $port is taken by a process this script did not start" >&2
+        return 1
+    fi
+    if [ ! -x "$bin/rabbitmq-server" ]; then
+        echo "$bin/rabbitmq-server is missing (Debian package rabbitmq-server)" >&2
+        return 1
+    fi
+    nohup "$bin/rabbitmq-server" >>"$dir/log/server.out" 2>&1 </dev/null &
+    echo $! >"$dir/server.pid"
+    for _ in $(seq 1 600); do
+        if port_open && ctl await_startup >/dev/null 2>&1; then
+            return 0
+        fi
+        if ! running_pid >/dev/null; then
+            echo "rabbitmq-server exited; see $dir/log" >&2
+            tail -n 20 "$dir/log/server.out" >&2 || true
+            return 1
+        fi
+        sleep 0.2
+    done
+    echo "the private RabbitMQ node did not start in 120 s" >&2
+    return 1
+}
+
+restart() {
+    running_pid >/dev/null || { start; return; }
+    ctl stop_app >/dev/null
+    ctl start_app >/dev/null
+    ctl await_startup >/dev/null
+}
+
+stop() {
+    local pid
+    if pid="$(running_pid)"; then
+        ctl stop >/dev/null 2>&1 || kill "$pid"
+        for _ in $(seq 1 150); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -9 "$pid"
+        fi
+    fi
+    rm -f "$dir/server.pid"
+}
+
+case "${1:-}" in
+    start) start ;;
+    restart) restart ;;
+    stop) stop ;;
+    *) echo "usage: $0 start|restart|stop" >&2; exit 2 ;;
+esac
