@@ -45,7 +45,7 @@ impl NatsBus {
     /// Connects to the servers of a `nats://` or `tls://` URL (credentials
     /// in the URL, or `creds_file` in `nats`).
     pub async fn connect(config: &busline_core::BusConfig, nats: NatsConfig) -> Result<Self, ConfigError> {
-        let nats = nats.resolved(config.retry.max_attempts);
+        let nats = nats.resolved(config.retry.max_attempts)?;
         let endpoint = crate::config::endpoint(config, &nats).await?;
         // Well under ack_wait: the connection must be back before the
         // server's next redelivery or max-deliveries advisory.
@@ -64,10 +64,15 @@ impl NatsBus {
     }
 
     /// A bus over an already connected client. A derived `max_deliver`
-    /// (`0`) is resolved for the default retry policy; the client's own
-    /// reconnect delays stay as they are.
-    pub fn from_client(client: async_nats::Client, nats: NatsConfig) -> Self {
-        let config = Arc::new(nats.resolved(RetryPolicy::default().max_attempts));
+    /// (`0`) is resolved for the default retry policy (an explicit one is
+    /// taken as it is: [`connect`](Self::connect) checks it against the
+    /// configured policy); the client's own reconnect delays stay as they
+    /// are.
+    pub fn from_client(client: async_nats::Client, mut nats: NatsConfig) -> Self {
+        if nats.max_deliver == 0 {
+            nats.max_deliver = i64::from(RetryPolicy::default().max_attempts) + crate::MAX_DELIVER_MARGIN;
+        }
+        let config = Arc::new(nats);
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             // Publishers wait for room rather than fail when many acks are

@@ -121,12 +121,32 @@ pub const MAX_DELIVER_MARGIN: i64 = 2;
 
 impl NatsConfig {
     /// This configuration with a derived `max_deliver` (`0`) resolved for a
-    /// retry policy of `max_attempts`.
-    pub(crate) fn resolved(mut self, max_attempts: u32) -> Self {
-        if self.max_deliver == 0 {
-            self.max_deliver = i64::from(max_attempts.max(1)) + MAX_DELIVER_MARGIN;
+    /// retry policy of `max_attempts`, and an explicit one checked against
+    /// it: at or below `max_attempts` the server stops redelivering an
+    /// event before the router would dead-letter it.
+    pub(crate) fn resolved(mut self, max_attempts: u32) -> Result<Self, ConfigError> {
+        let max_attempts = i64::from(max_attempts.max(1));
+        match self.max_deliver {
+            0 => self.max_deliver = max_attempts + MAX_DELIVER_MARGIN,
+            -1 => tracing::warn!(
+                "[nats] max_deliver = -1: a message the client cannot parse comes back every ack_wait for as long as the stream keeps it"
+            ),
+            n if n < -1 => {
+                return Err(ConfigError::Invalid(format!(
+                    "[nats] max_deliver = {n}: use a positive count, 0 (derived from the retry policy) or -1 (unlimited)"
+                )))
+            }
+            n if n <= max_attempts => {
+                return Err(ConfigError::Invalid(format!(
+                    "[nats] max_deliver = {n} is not above the retry policy's max_attempts = {max_attempts}: \
+                     the server would stop redelivering before the router dead-letters; \
+                     use at least {} (a delivery lost in transit counts too), or 0 to derive it",
+                    max_attempts + 1
+                )))
+            }
+            _ => {}
         }
-        self
+        Ok(self)
     }
 }
 
@@ -273,6 +293,21 @@ mod tests {
         assert!(endpoint(&config, &NatsConfig::default()).await.is_err());
         let config = BusConfig::from_url("nats://");
         assert!(endpoint(&config, &NatsConfig::default()).await.is_err());
+    }
+
+    #[test]
+    fn max_deliver_is_derived_or_must_exceed_max_attempts() {
+        let with = |max_deliver| NatsConfig {
+            max_deliver,
+            ..NatsConfig::default()
+        };
+        assert_eq!(with(0).resolved(5).unwrap().max_deliver, 5 + MAX_DELIVER_MARGIN);
+        assert_eq!(with(6).resolved(5).unwrap().max_deliver, 6);
+        assert_eq!(with(-1).resolved(5).unwrap().max_deliver, -1);
+        for bad in [1, 4, 5, -2] {
+            let err = with(bad).resolved(5).unwrap_err().to_string();
+            assert!(err.contains("max_deliver"), "{bad}: {err}");
+        }
     }
 
     #[test]

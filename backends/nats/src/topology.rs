@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, FromConsumer, PullConsumer};
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::Context;
 use busline_core::{dead_letter_topic, BoxError, StartFrom};
@@ -185,12 +185,42 @@ impl Topology {
         // other's create may fail; a second look finds it.
         for _ in 0..3 {
             match stream.get_or_create_consumer(&durable, config.clone()).await {
-                Ok(consumer) => return Ok((names, consumer)),
-                Err(e) => last = Some(e),
+                Ok(consumer) => return Ok((names, self.keep_limits(&stream, consumer, config).await)),
+                Err(e) => last = Some(e.to_string()),
             }
         }
-        Err(TopologyError::Server(
-            last.map(|e| e.to_string()).unwrap_or_default().into(),
-        ))
+        Err(TopologyError::Server(last.unwrap_or_default().into()))
+    }
+
+    /// A durable made under an older `max_deliver` (such as the former
+    /// unlimited default, under which a message the client cannot parse
+    /// never leaves) gets this connection's.
+    async fn keep_limits(
+        &self,
+        stream: &stream::Stream,
+        consumer: PullConsumer,
+        wanted: pull::Config,
+    ) -> PullConsumer {
+        let have = consumer.cached_info().config.max_deliver;
+        if have == wanted.max_deliver {
+            return consumer;
+        }
+        let mut update = match <pull::Config as FromConsumer>::try_from_consumer_config(
+            consumer.cached_info().config.clone(),
+        ) {
+            Ok(c) => c,
+            Err(_) => return consumer,
+        };
+        update.max_deliver = wanted.max_deliver;
+        match stream.update_consumer(update).await {
+            Ok(updated) => {
+                tracing::info!(consumer = ?wanted.durable_name, from = have, to = wanted.max_deliver, "updated the consumer's max_deliver");
+                updated
+            }
+            Err(e) => {
+                tracing::warn!(consumer = ?wanted.durable_name, error = %e, have, wanted = wanted.max_deliver, "cannot update the consumer's max_deliver");
+                consumer
+            }
+        }
     }
 }
