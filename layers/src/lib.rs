@@ -57,7 +57,7 @@ pub use circuit_breaker::{BreakerHandle, BreakerState, CircuitBreaker, CircuitBr
 pub use dedup::{Dedup, DedupLayer, DedupStore, MemoryDedupStore, SKIP_DUPLICATE};
 pub use metrics::{Metered, MetricsBus, MetricsLayer, MetricsObserver};
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresDedupStore;
+pub use postgres::{PostgresDedupStore, PostgresOptions};
 pub use publisher::{is_circuit_open, CircuitOpen, GuardedBus, PublishPolicy};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use stack::{default_stack, instrument, DefaultStack, RouterExt};

@@ -1,14 +1,18 @@
 //! [`DedupLayer`]: the idempotent consumer. Events whose id this group has
 //! already handled are skipped.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use busline_core::{BoxError, Context, DomainEvent, Event, Gate, Handler, HandlerError, Layer};
 use futures::future::BoxFuture;
-use tokio::time::Instant;
+
+mod memory;
+mod outage;
+
+pub use memory::MemoryDedupStore;
+use outage::Outage;
 
 /// The skip reason of a duplicate (a metrics label).
 pub const SKIP_DUPLICATE: &str = "duplicate";
@@ -34,36 +38,74 @@ pub trait DedupStore: Send + Sync + 'static {
 /// [`SKIP_DUPLICATE`]). After the handler succeeds, the event is marked; a
 /// failed mark is logged and does not fail the (handled) event.
 ///
-/// If the store cannot be asked, the call fails as retryable: handling
-/// without knowing could handle twice.
+/// **When the store cannot be asked** (an error, or no answer within the
+/// store timeout, 5 s by default) the call does not fail: handling without
+/// knowing could handle twice, and failing would use up the event's
+/// attempts and dead-letter it within seconds of an outage. Instead the
+/// handler's [`Gate`] closes, so the router takes no more deliveries and
+/// events wait in the broker; one call probes the store with backoff
+/// (100 ms doubling to 5 s by default) while the calls already taken wait;
+/// when the store answers, the gate reopens and they all go on. A call
+/// that waits longer than the router's handler timeout is cancelled and
+/// retried like any timed-out call (the router has no way to hand a
+/// delivery back without counting an attempt), so only deliveries already
+/// in flight when an outage begins can use up attempts, one per handler
+/// timeout.
+///
+/// The gate is the inner handler's if it has one (a circuit breaker
+/// inside): it is closed during an outage and handed back as found.
 ///
 /// ```
 /// use std::time::Duration;
 /// use busline_layers::{DedupLayer, MemoryDedupStore};
-/// let layer = DedupLayer::new(MemoryDedupStore::new(Duration::from_secs(3600), 100_000));
+/// let layer = DedupLayer::new(MemoryDedupStore::new(Duration::from_secs(3600), 100_000))
+///     .with_store_timeout(Duration::from_secs(2))
+///     .with_probe_backoff(Duration::from_millis(200), Duration::from_secs(10));
 /// ```
 #[derive(Clone)]
 pub struct DedupLayer {
     store: Arc<dyn DedupStore>,
+    store_timeout: Duration,
+    probe_backoff: (Duration, Duration),
 }
 
 impl std::fmt::Debug for DedupLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DedupLayer")
+        f.debug_struct("DedupLayer")
+            .field("store_timeout", &self.store_timeout)
+            .field("probe_backoff", &self.probe_backoff)
+            .finish_non_exhaustive()
     }
 }
 
 impl DedupLayer {
     /// Deduplicates through `store`.
     pub fn new(store: impl DedupStore) -> Self {
-        Self {
-            store: Arc::new(store),
-        }
+        Self::from_arc(Arc::new(store))
     }
 
     /// Deduplicates through a shared store.
     pub fn from_arc(store: Arc<dyn DedupStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            store_timeout: Duration::from_secs(5),
+            probe_backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+
+    /// Longest a store call may take before the store counts as unreachable
+    /// (at least 1 ms).
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Delay before the first probe of an unreachable store, doubling up to
+    /// `max` (each ±20%).
+    pub fn with_probe_backoff(mut self, first: Duration, max: Duration) -> Self {
+        let first = first.max(Duration::from_millis(1));
+        self.probe_backoff = (first, max.max(first));
+        self
     }
 }
 
@@ -74,6 +116,8 @@ impl<H> Layer<H> for DedupLayer {
         Dedup {
             inner: Arc::new(inner),
             store: self.store.clone(),
+            outage: Arc::new(Outage::new(self.store_timeout, self.probe_backoff)),
+            gate: OnceLock::new(),
         }
     }
 }
@@ -82,147 +126,60 @@ impl<H> Layer<H> for DedupLayer {
 pub struct Dedup<H> {
     inner: Arc<H>,
     store: Arc<dyn DedupStore>,
+    outage: Arc<Outage>,
+    /// The gate closed during a store outage, and whether it is the inner
+    /// handler's; chosen on first use, since only then is the event type
+    /// (and so the inner handler's `gate`) known.
+    gate: OnceLock<(Gate, bool)>,
 }
 
 impl<H> std::fmt::Debug for Dedup<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Dedup")
+        f.debug_struct("Dedup")
+            .field("store_down", &self.outage.is_down())
+            .finish_non_exhaustive()
     }
+}
+
+impl<H> Dedup<H> {
+    /// Whether the store is taken as unreachable now (consumption paused).
+    pub fn store_down(&self) -> bool {
+        self.outage.is_down()
+    }
+}
+
+/// The gate a [`Dedup`] closes, and whether it is the inner handler's.
+fn gate_of<E: Event, H: Handler<E>>(dedup: &Dedup<H>) -> &(Gate, bool) {
+    dedup.gate.get_or_init(|| match dedup.inner.gate() {
+        Some(gate) => (gate, true),
+        None => (Gate::new(), false),
+    })
 }
 
 impl<E: Event, H: Handler<E>> Handler<E> for Dedup<H> {
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {
-        let (inner, store) = (self.inner.clone(), self.store.clone());
+        let (gate, shared) = gate_of(self).clone();
+        let (inner, store, outage) = (self.inner.clone(), self.store.clone(), self.outage.clone());
         Box::pin(async move {
             let (group, id) = (ctx.group().to_owned(), event.id.clone());
-            let seen = store
-                .seen(&group, &id)
-                .await
-                .map_err(|e| HandlerError::retryable(format!("dedup store could not be asked: {e}")))?;
+            let seen = outage.ask(&gate, shared, || store.seen(&group, &id)).await;
             if seen {
                 tracing::debug!(%group, event_id = %id, "duplicate event skipped");
                 return Err(HandlerError::skip(SKIP_DUPLICATE));
             }
             inner.call(event, ctx).await?;
-            if let Err(e) = store.mark(&group, &id).await {
+            if let Err(e) = outage.call(store.mark(&group, &id)).await {
                 tracing::warn!(%group, event_id = %id, error = %e, "handled event could not be marked; a repeat would be handled again");
+                // Pause before the next event runs into the same outage.
+                outage.failed(&gate, shared, &e);
             }
             Ok(())
         })
     }
 
     fn gate(&self) -> Option<Gate> {
-        self.inner.gate()
-    }
-}
-
-/// A [`DedupStore`] in process memory: marks expire after `ttl`, and at most
-/// `max_entries` are kept (the oldest go first). Lost on restart; for one
-/// process, or as a cheap front of a durable store.
-pub struct MemoryDedupStore {
-    ttl: Duration,
-    max_entries: usize,
-    inner: Mutex<Marks>,
-}
-
-#[derive(Default)]
-struct Marks {
-    by_key: HashMap<(String, String), Instant>,
-    /// Keys in marking order, with the instant they were marked, for expiry
-    /// and eviction; stale entries (re-marked keys) are skipped.
-    order: VecDeque<((String, String), Instant)>,
-}
-
-impl std::fmt::Debug for MemoryDedupStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryDedupStore")
-            .field("ttl", &self.ttl)
-            .field("max_entries", &self.max_entries)
-            .field("len", &self.len())
-            .finish()
-    }
-}
-
-impl MemoryDedupStore {
-    /// Marks kept for `ttl`, at most `max_entries` (at least 1) of them.
-    pub fn new(ttl: Duration, max_entries: usize) -> Self {
-        Self {
-            ttl,
-            max_entries: max_entries.max(1),
-            inner: Mutex::new(Marks::default()),
-        }
-    }
-
-    /// Marks held now (expired ones included until they are purged).
-    pub fn len(&self) -> usize {
-        self.lock().by_key.len()
-    }
-
-    /// Whether no marks are held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Marks> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn purge(&self, marks: &mut Marks, now: Instant) {
-        while let Some((key, at)) = marks.order.front() {
-            let expired = now.saturating_duration_since(*at) >= self.ttl;
-            if !expired && marks.by_key.len() <= self.max_entries {
-                break;
-            }
-            if marks.by_key.get(key) == Some(at) {
-                marks.by_key.remove(key);
-            }
-            marks.order.pop_front();
-        }
-    }
-}
-
-#[async_trait]
-impl DedupStore for MemoryDedupStore {
-    async fn seen(&self, group: &str, event_id: &str) -> Result<bool, BoxError> {
-        let now = Instant::now();
-        let mut marks = self.lock();
-        self.purge(&mut marks, now);
-        Ok(marks
-            .by_key
-            .get(&(group.to_owned(), event_id.to_owned()))
-            .is_some_and(|at| now.saturating_duration_since(*at) < self.ttl))
-    }
-
-    async fn mark(&self, group: &str, event_id: &str) -> Result<(), BoxError> {
-        let now = Instant::now();
-        let key = (group.to_owned(), event_id.to_owned());
-        let mut marks = self.lock();
-        marks.by_key.insert(key.clone(), now);
-        marks.order.push_back((key, now));
-        self.purge(&mut marks, now);
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn memory_store_expires_and_bounds() {
-        let store = MemoryDedupStore::new(Duration::from_secs(10), 2);
-        store.mark("g", "a").await.unwrap();
-        assert!(store.seen("g", "a").await.unwrap());
-        assert!(!store.seen("other", "a").await.unwrap(), "keys are per group");
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(!store.seen("g", "a").await.unwrap(), "expired");
-        for id in ["b", "c", "d"] {
-            store.mark("g", id).await.unwrap();
-        }
-        assert_eq!(store.len(), 2);
-        assert!(!store.seen("g", "b").await.unwrap(), "the oldest was evicted");
-        assert!(store.seen("g", "c").await.unwrap() && store.seen("g", "d").await.unwrap());
+        Some(gate_of(self).0.clone())
     }
 }
