@@ -164,3 +164,46 @@ async fn an_inner_breakers_gate_is_shared_and_handed_back() {
     let stats = router.shutdown().await.unwrap();
     assert_eq!((stats.handled, stats.dead_lettered), (2, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_probers_do_not_leave_consumption_paused() {
+    let h = TestHarness::new();
+    let store = Switchable::new();
+    let handled = Collector::new();
+    let hd = handled.clone();
+    let handler = DedupLayer::new(store.clone()).layer(move |e: DomainEvent<Ping>, _ctx: Context| {
+        hd.push(e.data.seq);
+        async { Ok::<_, HandlerError>(()) }
+    });
+    let gate = Handler::<Ping>::gate(&handler).unwrap();
+    // A handler timeout shorter than the outage: every waiting call, the
+    // probing one included, is cancelled again and again.
+    let router = Router::new(h.bus(), "g")
+        .with_max_in_flight(2)
+        .with_handler_timeout(Some(Duration::from_secs(2)))
+        .with_retry(RetryPolicy::default().with_max_attempts(1000))
+        .on::<Ping, _>("t", handler)
+        .start()
+        .await
+        .unwrap();
+    store.down.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        h.bus().publish("t", Ping::new(i)).await.unwrap();
+    }
+    eventually(WAIT, "the gate closed", || !gate.is_open()).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(handled.is_empty());
+    let refused = store.refused.load(Ordering::SeqCst);
+    store.down.store(false, Ordering::SeqCst);
+    // Whichever call comes next probes, finds the store back, and reopens.
+    let all = handled.wait_len(5, WAIT, "every event after the outage").await;
+    assert!(gate.is_open());
+    assert!(
+        refused >= 6,
+        "probing went on through the cancellations: {refused}"
+    );
+    let seqs: HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(seqs.len(), 5);
+    let stats = router.shutdown().await.unwrap();
+    assert_eq!((stats.handled, stats.dead_lettered), (5, 0));
+}

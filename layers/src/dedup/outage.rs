@@ -30,6 +30,10 @@ struct State {
     probing: bool,
     /// Failed store calls in a row, for the backoff.
     failures: u32,
+    /// When the next probe is due: kept here, not by the probing call, so
+    /// that probing calls cancelled while they wait (a handler timeout
+    /// shorter than the backoff) do not push the probe back for ever.
+    next_probe: Option<Instant>,
     /// The gate's state when the outage closed it (a gate shared with an
     /// inner handler, such as a circuit breaker's, is handed back as found).
     saved: Option<GateState>,
@@ -41,8 +45,8 @@ struct State {
 enum Role {
     /// The store is up: just ask.
     Ask,
-    /// Probe the store after this delay.
-    Probe(Duration),
+    /// Probe the store at this instant.
+    Probe(Instant),
     /// Another call probes: wait for its news.
     Wait,
 }
@@ -95,7 +99,7 @@ impl Outage {
                     Role::Ask
                 } else if !state.probing {
                     state.probing = true;
-                    Role::Probe(self.delay(state.failures))
+                    Role::Probe(state.next_probe.unwrap_or_else(Instant::now))
                 } else {
                     Role::Wait
                 }
@@ -105,9 +109,9 @@ impl Outage {
                     Ok(value) => return value,
                     Err(e) => self.failed(gate, shared_gate, &e),
                 },
-                Role::Probe(delay) => {
+                Role::Probe(at) => {
                     let probe = Probing(self);
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep_until(at).await;
                     let result = self.call(op()).await;
                     // Record the outcome before another call may probe.
                     match result {
@@ -134,8 +138,9 @@ impl Outage {
     pub(crate) fn failed(&self, gate: &Gate, shared_gate: bool, error: &BoxError) {
         let mut state = self.lock();
         state.failures = state.failures.saturating_add(1);
-        let until = Instant::now() + self.delay(state.failures) + self.timeout;
-        let closed = GateState::ClosedUntil(until);
+        let next_probe = Instant::now() + self.delay(state.failures);
+        state.next_probe = Some(next_probe);
+        let closed = GateState::ClosedUntil(next_probe + self.timeout);
         if state.down_since.is_none() {
             tracing::warn!(error = %error, "dedup store unreachable: consumption paused until it answers");
             state.down_since = Some(Instant::now());
@@ -163,6 +168,7 @@ impl Outage {
             }
         }
         state.failures = 0;
+        state.next_probe = None;
         state.saved = None;
         state.set = None;
         drop(state);
