@@ -14,6 +14,20 @@ use crate::headers;
 use crate::keepalive::Keepalive;
 use crate::shared::Shared;
 
+/// First wait before an event whose dead letter could not be stored comes
+/// back; doubled with each further attempt up to [`DEAD_LETTER_RETRY_MAX`].
+pub(crate) const DEAD_LETTER_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Longest wait before such an event comes back.
+pub(crate) const DEAD_LETTER_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The nak delay after a failed dead-letter publish of delivery `attempt`.
+pub(crate) fn dead_letter_retry_delay(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    DEAD_LETTER_RETRY_FIRST
+        .saturating_mul(1 << doublings)
+        .min(DEAD_LETTER_RETRY_MAX)
+}
+
 /// The parts of a received message a settlement needs.
 pub(crate) struct Received {
     pub(crate) reply: Subject,
@@ -165,9 +179,12 @@ impl Acknowledge for NatsAcker {
         let p = self.take();
         if let Err(e) = p.publish_dead_letter(&letter).await {
             // Not stored in the DLQ: the event comes back instead of being
-            // lost.
+            // lost, later each time, since a DLQ that refuses one letter
+            // (full, gone, unreachable) refuses the next one at once too.
+            let delay = dead_letter_retry_delay(p.received.attempt);
+            tracing::warn!(topic = %p.received.topic, seq = p.received.stream_sequence, attempt = p.received.attempt, retry_in = ?delay, error = %e, "dead letter not stored; the event comes back");
             p.returned();
-            let _ = p.send(AckKind::Nak(None), false).await;
+            let _ = p.send(AckKind::Nak(Some(delay)), false).await;
             return Err(e);
         }
         // The letter is stored; a lost `term` redelivers the event, and its
@@ -187,5 +204,18 @@ impl Drop for NatsAcker {
                 let _ = p.send(AckKind::Nak(None), false).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_retries_wait_longer_each_time() {
+        let ms: Vec<u128> = (1..=8).map(|a| dead_letter_retry_delay(a).as_millis()).collect();
+        assert_eq!(ms, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(dead_letter_retry_delay(0), DEAD_LETTER_RETRY_FIRST);
+        assert_eq!(dead_letter_retry_delay(u32::MAX), DEAD_LETTER_RETRY_MAX);
     }
 }

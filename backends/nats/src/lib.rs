@@ -16,7 +16,9 @@
 //! - A delivery's attempt number is the server's delivery count; `nack`
 //!   naks with a delay; a long handler is kept alive with progress acks; a
 //!   dead letter is published to the DLQ stream and then the original is
-//!   `term`inated; a delivery dropped undecided is nak'ed.
+//!   `term`inated (a letter the DLQ refuses brings the event back after a
+//!   delay that doubles with each attempt); a delivery dropped undecided is
+//!   nak'ed.
 //! - The client reconnects by itself, and subscriptions pull again after a
 //!   server restart; unacknowledged events come again. Reconnect rounds in
 //!   quick succession back off, and for a while after a reconnect members
