@@ -2,6 +2,7 @@
 //! deliveries while the handler's dependency is failing.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,6 +118,7 @@ impl<H> Layer<H> for CircuitBreakerLayer {
                 state: Mutex::new(State::closed()),
                 gate: Gate::new(),
                 changed: Notify::new(),
+                rounds: AtomicU64::new(0),
             }),
         }
     }
@@ -187,6 +189,8 @@ struct Breaker {
     gate: Gate,
     /// Woken on every change of state, for calls waiting to run.
     changed: Notify,
+    /// Half-open periods so far.
+    rounds: AtomicU64,
 }
 
 enum State {
@@ -201,6 +205,9 @@ enum State {
     HalfOpen {
         started: usize,
         succeeded: usize,
+        /// Which half-open period this is, so that a late outcome of a
+        /// probe from an earlier one is not counted in this one.
+        round: u64,
     },
 }
 
@@ -214,7 +221,10 @@ impl State {
 }
 
 enum Admission {
-    Run { probe: bool },
+    /// Run the call; `probe` is the half-open round it probes in.
+    Run {
+        probe: Option<u64>,
+    },
     WaitUntil(Option<Instant>),
 }
 
@@ -233,18 +243,19 @@ impl Breaker {
             *state = State::HalfOpen {
                 started: 0,
                 succeeded: 0,
+                round: self.rounds.fetch_add(1, Ordering::Relaxed) + 1,
             };
         }
         match &mut *state {
-            State::Closed { .. } => Admission::Run { probe: false },
-            State::HalfOpen { started, .. } if *started < self.config.half_open_probes => {
+            State::Closed { .. } => Admission::Run { probe: None },
+            State::HalfOpen { started, round, .. } if *started < self.config.half_open_probes => {
                 *started += 1;
                 if *started == self.config.half_open_probes {
                     // Enough probes are out: take no more deliveries until
                     // they tell how the dependency is.
                     self.gate.close();
                 }
-                Admission::Run { probe: true }
+                Admission::Run { probe: Some(*round) }
             }
             _ => Admission::WaitUntil(None),
         }
@@ -258,10 +269,10 @@ impl Breaker {
     }
 
     /// A probe ended without an outcome: another call may probe instead.
-    fn release_probe(&self) {
+    fn release_probe(&self, probe_round: u64) {
         let mut state = self.lock();
-        if let State::HalfOpen { started, .. } = &mut *state {
-            if *started > 0 {
+        if let State::HalfOpen { started, round, .. } = &mut *state {
+            if *round == probe_round && *started > 0 {
                 *started -= 1;
                 tracing::debug!("circuit breaker probe cancelled; another call may probe");
                 // The gate was closed once every probe was out; one is free.
@@ -271,10 +282,10 @@ impl Breaker {
         }
     }
 
-    fn record(&self, probe: bool, failed: bool) {
+    fn record(&self, probe: Option<u64>, failed: bool) {
         let mut state = self.lock();
         match &mut *state {
-            State::HalfOpen { succeeded, .. } if probe => {
+            State::HalfOpen { succeeded, round, .. } if probe == Some(*round) => {
                 if failed {
                     tracing::warn!("circuit breaker probe failed; open again");
                     self.open(&mut state);
@@ -288,7 +299,7 @@ impl Breaker {
                     }
                 }
             }
-            State::Closed { window, failures } if !probe => {
+            State::Closed { window, failures } if probe.is_none() => {
                 window.push_back(failed);
                 *failures += usize::from(failed);
                 if window.len() > self.config.window_size {
@@ -318,14 +329,15 @@ impl Breaker {
 /// state (a probe slot left taken would close the gate for good).
 struct Outcome {
     breaker: Arc<Breaker>,
-    probe: bool,
+    /// The half-open round the call probes in, if it is a probe.
+    probe: Option<u64>,
     /// The inner handler was started (the call's future was polled).
     started: bool,
     recorded: bool,
 }
 
 impl Outcome {
-    fn new(breaker: Arc<Breaker>, probe: bool) -> Self {
+    fn new(breaker: Arc<Breaker>, probe: Option<u64>) -> Self {
         Self {
             breaker,
             probe,
@@ -349,14 +361,14 @@ impl Drop for Outcome {
         if std::thread::panicking() {
             // The handler panicked (the router catches it above us).
             self.breaker.record(self.probe, true);
-        } else if self.probe {
+        } else if let Some(round) = self.probe {
             // A cancelled probe tells nothing about the dependency: give its
             // slot back so another call can probe.
-            self.breaker.release_probe();
+            self.breaker.release_probe(round);
         } else if self.started {
             // Cancelled while running: most often the router's handler
             // timeout, a hanging dependency.
-            self.breaker.record(false, true);
+            self.breaker.record(None, true);
         }
     }
 }

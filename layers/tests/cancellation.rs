@@ -250,3 +250,68 @@ async fn a_cancelled_waiting_call_gives_its_rate_limit_slot_back() {
     let stats = router.shutdown().await.unwrap();
     assert_eq!((stats.handled, stats.skipped), (4, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_late_probe_from_an_earlier_half_open_round_is_not_counted() {
+    let h = TestHarness::new();
+    let start = Instant::now();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let handler = move |_e: DomainEvent<Ping>, _ctx: Context| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match n {
+                // Two failures open the breaker at 0 s, until 10 s.
+                0 | 1 | 3 => Err(HandlerError::retryable("dependency down")),
+                // The first probe of the round at 10 s: it answers at 25 s,
+                // after its round ended (the second probe, 3, failed).
+                2 => {
+                    tokio::time::sleep(Duration::from_secs(15)).await;
+                    Ok(())
+                }
+                // The second probe of the round at 20 s, until 30 s.
+                5 => {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
+    };
+    let breaker = CircuitBreakerLayer::new()
+        .with_window_size(2)
+        .with_minimum_calls(2)
+        .with_open_duration(Duration::from_secs(10))
+        .with_half_open_probes(2)
+        .layer(handler);
+    let handle = breaker.handle();
+    let router = Router::new(h.bus(), "g")
+        .with_max_in_flight(4)
+        .with_handler_timeout(None)
+        .with_retry(quick_retry())
+        .on::<Ping, _>("t", breaker)
+        .start()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        h.bus().publish("t", Ping::new(i)).await.unwrap();
+    }
+    eventually(WAIT, "six calls", || calls.load(Ordering::SeqCst) == 6).await;
+    assert!(
+        start.elapsed() >= Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    tokio::time::sleep_until(start + Duration::from_secs(27)).await;
+    // Call 4 passed and call 2's late success came in; call 5 is still out.
+    assert_eq!(
+        handle.state(),
+        BreakerState::HalfOpen,
+        "a probe from the earlier round closed the breaker"
+    );
+    h.wait_for_handled_count::<Ping>(3, WAIT).await;
+    assert!(start.elapsed() >= Duration::from_secs(30));
+    assert_eq!(handle.state(), BreakerState::Closed);
+    let stats = router.shutdown().await.unwrap();
+    assert_eq!((stats.handled, stats.dead_lettered), (3, 0));
+}
