@@ -4,7 +4,7 @@
 //! answers), then restored. Consumption pauses instead of dead-lettering,
 //! and every event is handled once when the database is back. The URL comes
 //! from `BUSLINE_TEST_POSTGRES_URL`, default
-//! `postgres://postgres@127.0.0.1:5432/test`.
+//! `postgres://postgres:postgres@127.0.0.1:5432/test`.
 #![cfg(feature = "postgres")]
 
 use std::collections::HashSet;
@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 fn url() -> String {
     std::env::var("BUSLINE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

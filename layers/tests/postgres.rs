@@ -1,6 +1,6 @@
 //! The durable dedup store on a real PostgreSQL (feature `postgres`). The
 //! URL comes from `BUSLINE_TEST_POSTGRES_URL`, default
-//! `postgres://postgres@127.0.0.1:5432/test`.
+//! `postgres://postgres:postgres@127.0.0.1:5432/test`.
 #![cfg(feature = "postgres")]
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use busline_testkit::TestHarness;
 
 fn url() -> String {
     std::env::var("BUSLINE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/test".to_owned())
 }
 
 fn table() -> String {
