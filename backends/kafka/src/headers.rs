@@ -18,9 +18,18 @@ use rdkafka::types::RDKafkaRespErr;
 /// the record key.
 pub(crate) const DIALECT: HeaderDialect = HeaderDialect::KAFKA;
 
+/// The dialect records are written in: the CloudEvents Kafka binding's
+/// `ce_partitionkey` too, for consumers that read the attribute rather than
+/// the record key. On read the record key wins
+/// (`busline_core::wire::decode_headers`).
+const WRITE_DIALECT: HeaderDialect = HeaderDialect {
+    key_in_headers: true,
+    ..DIALECT
+};
+
 /// Record headers of `event`.
 pub(crate) fn encode(event: &RawEvent) -> Result<OwnedHeaders, EnvelopeError> {
-    let pairs = encode_headers(event, &DIALECT)?;
+    let pairs = encode_headers(event, &WRITE_DIALECT)?;
     let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
     for (name, value) in &pairs {
         headers = headers.insert(Header {
@@ -235,11 +244,21 @@ mod tests {
             .any(|(k, v)| k == b"ce_id" && v.as_deref() == Some(e.id.as_bytes())));
         assert!(h.iter().any(|(k, _)| k == b"content-type"));
         assert!(
-            !h.iter().any(|(k, _)| k == b"ce_partitionkey"),
-            "the key is the record key"
+            h.iter()
+                .any(|(k, v)| k == b"ce_partitionkey" && v.as_deref() == Some(&b"k"[..])),
+            "the key is the record key and the partitionkey attribute"
         );
         let back = decode(&h, Some(b"k"), e.data.bytes.clone()).unwrap();
         assert_eq!(back, e);
+        let other = decode(&h, Some(b"record key"), e.data.bytes.clone()).unwrap();
+        assert_eq!(other.key.as_deref(), Some("record key"), "the record key wins");
+        let mut keyless = e.clone();
+        keyless.key = None;
+        let h = as_raw(&encode(&keyless).unwrap());
+        assert!(
+            !h.iter().any(|(k, _)| k == b"ce_partitionkey"),
+            "no key, no attribute"
+        );
     }
 
     #[test]

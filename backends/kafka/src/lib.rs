@@ -5,7 +5,8 @@
 //!   and so is each group's dead-letter topic `<topic>.<group>.dlq`.
 //! - The envelope travels in CloudEvents binary mode: `ce_` headers plus
 //!   `content-type`; the record key is the envelope key, so events of one
-//!   key share a partition and keep their order.
+//!   key share a partition and keep their order (the key is also written
+//!   as `ce_partitionkey`; on read the record key wins).
 //! - Publishing uses one idempotent producer with `acks=all`; `publish`
 //!   returns on the delivery report; a batch has every record in flight at
 //!   once.
