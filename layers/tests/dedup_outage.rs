@@ -14,6 +14,7 @@ use busline_layers::{BreakerState, CircuitBreakerLayer, DedupLayer, DedupStore, 
 use busline_testkit::events::Ping;
 use busline_testkit::support::{eventually, Collector, WAIT};
 use busline_testkit::TestHarness;
+use tokio::time::Instant;
 
 /// A memory store that answers with an error while `down` is set, and
 /// counts the calls it refused.
@@ -22,6 +23,8 @@ struct Switchable {
     marks: Arc<MemoryDedupStore>,
     down: Arc<AtomicBool>,
     refused: Arc<AtomicUsize>,
+    /// How long each call takes, in milliseconds.
+    latency_ms: Arc<AtomicUsize>,
 }
 
 impl Switchable {
@@ -30,10 +33,15 @@ impl Switchable {
             marks: Arc::new(MemoryDedupStore::new(Duration::from_secs(3600), 10_000)),
             down: Arc::default(),
             refused: Arc::default(),
+            latency_ms: Arc::default(),
         }
     }
 
-    fn check(&self) -> Result<(), BoxError> {
+    async fn check(&self) -> Result<(), BoxError> {
+        let latency = self.latency_ms.load(Ordering::SeqCst) as u64;
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
         if self.down.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err("connection refused".into());
@@ -45,12 +53,12 @@ impl Switchable {
 #[async_trait]
 impl DedupStore for Switchable {
     async fn seen(&self, group: &str, event_id: &str) -> Result<bool, BoxError> {
-        self.check()?;
+        self.check().await?;
         self.marks.seen(group, event_id).await
     }
 
     async fn mark(&self, group: &str, event_id: &str) -> Result<(), BoxError> {
-        self.check()?;
+        self.check().await?;
         self.marks.mark(group, event_id).await
     }
 }
@@ -206,4 +214,49 @@ async fn cancelled_probers_do_not_leave_consumption_paused() {
     assert_eq!(seqs.len(), 5);
     let stats = router.shutdown().await.unwrap();
     assert_eq!((stats.handled, stats.dead_lettered), (5, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_failing_together_count_once_for_the_probe_backoff() {
+    let h = TestHarness::new();
+    let store = Switchable::new();
+    store.latency_ms.store(100, Ordering::SeqCst);
+    let handled = Collector::new();
+    let hd = handled.clone();
+    let handler = DedupLayer::new(store.clone()).layer(move |e: DomainEvent<Ping>, _ctx: Context| {
+        hd.push(e.data.seq);
+        async { Ok::<_, HandlerError>(()) }
+    });
+    let gate = Handler::<Ping>::gate(&handler).unwrap();
+    let router = Router::new(h.bus(), "g")
+        .with_max_in_flight(8)
+        .on::<Ping, _>("t", handler)
+        .start()
+        .await
+        .unwrap();
+    // Eight calls are asking the store when it goes away.
+    for i in 0..8 {
+        h.bus().publish("t", Ping::new(i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.down.store(true, Ordering::SeqCst);
+    eventually(WAIT, "the gate closed", || !gate.is_open()).await;
+    // The eight failures and the first probe's.
+    eventually(WAIT, "the first probe", || {
+        store.refused.load(Ordering::SeqCst) >= 9
+    })
+    .await;
+    let back_at = Instant::now();
+    store.down.store(false, Ordering::SeqCst);
+    // The second probe comes after the second backoff step (200 ms ± 20%),
+    // not after the 5 s that nine counted failures would give.
+    handled.wait_len(8, WAIT, "every event").await;
+    let took = back_at.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "resumed {took:?} after the store was back"
+    );
+    assert!(gate.is_open());
+    let stats = router.shutdown().await.unwrap();
+    assert_eq!((stats.handled, stats.retried), (8, 0));
 }

@@ -173,7 +173,7 @@ impl<E: Event, H: Handler<E>> Handler<E> for Dedup<H> {
             if let Err(e) = outage.call(store.mark(&group, &id)).await {
                 tracing::warn!(%group, event_id = %id, error = %e, "handled event could not be marked; a repeat would be handled again");
                 // Pause before the next event runs into the same outage.
-                outage.failed(&gate, shared, &e);
+                outage.failed(&gate, shared, false, &e);
             }
             Ok(())
         })

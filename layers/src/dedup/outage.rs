@@ -107,7 +107,7 @@ impl Outage {
             match role {
                 Role::Ask => match self.call(op()).await {
                     Ok(value) => return value,
-                    Err(e) => self.failed(gate, shared_gate, &e),
+                    Err(e) => self.failed(gate, shared_gate, false, &e),
                 },
                 Role::Probe(at) => {
                     let probe = Probing(self);
@@ -121,7 +121,7 @@ impl Outage {
                             return value;
                         }
                         Err(e) => {
-                            self.failed(gate, shared_gate, &e);
+                            self.failed(gate, shared_gate, true, &e);
                             drop(probe);
                         }
                     }
@@ -135,12 +135,22 @@ impl Outage {
     /// (re)closed until the next probe has had time to report. The gate is
     /// never closed for good, so if every waiting call is cancelled, a new
     /// delivery comes in when it reopens and probes.
-    pub(crate) fn failed(&self, gate: &Gate, shared_gate: bool, error: &BoxError) {
+    ///
+    /// Only the call that finds the outage and the probes move the backoff
+    /// on: calls that were already asking when the store went away fail
+    /// together, and counting each would start with the longest delay.
+    pub(crate) fn failed(&self, gate: &Gate, shared_gate: bool, probe: bool, error: &BoxError) {
         let mut state = self.lock();
-        state.failures = state.failures.saturating_add(1);
-        let next_probe = Instant::now() + self.delay(state.failures);
+        let now = Instant::now();
+        let next_probe = match state.next_probe {
+            Some(at) if !probe && state.down_since.is_some() => at,
+            _ => {
+                state.failures = state.failures.saturating_add(1);
+                now + self.delay(state.failures)
+            }
+        };
         state.next_probe = Some(next_probe);
-        let closed = GateState::ClosedUntil(next_probe + self.timeout);
+        let closed = GateState::ClosedUntil(next_probe.max(now) + self.timeout);
         if state.down_since.is_none() {
             tracing::warn!(error = %error, "dedup store unreachable: consumption paused until it answers");
             state.down_since = Some(Instant::now());
