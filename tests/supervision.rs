@@ -427,3 +427,46 @@ async fn the_harness_keeps_an_abandoned_event_at_its_attempt() {
     );
     router.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_dropped_without_shutdown_returns_its_deliveries() {
+    let h = TestHarness::new();
+    let seen = Collector::<u32>::new();
+    let sink = seen.clone();
+    let stuck = move |_e: DomainEvent<Ping>, ctx: Context| {
+        let sink = sink.clone();
+        async move {
+            sink.push(ctx.attempt());
+            std::future::pending::<()>().await;
+            Ok::<_, HandlerError>(())
+        }
+    };
+    let router = Router::new(h.bus(), "g")
+        .on::<Ping, _>("t", stuck)
+        .start()
+        .await
+        .unwrap();
+    h.bus().publish("t", Ping::new(1)).await.unwrap();
+    seen.wait_len(1, WAIT, "the handler to start").await;
+    drop(router);
+    let handled = Collector::<u64>::new();
+    let sink = handled.clone();
+    let next = Router::new(h.bus(), "g")
+        .on::<Ping, _>("t", move |e: DomainEvent<Ping>, _c: Context| {
+            let sink = sink.clone();
+            async move {
+                sink.push(e.data.seq);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        handled
+            .wait_len(1, WAIT, "the event the dropped router held")
+            .await,
+        vec![1]
+    );
+    next.shutdown().await.unwrap();
+}

@@ -221,7 +221,7 @@ async fn consume(
         while tasks.try_join_next().is_some() {}
         if tasks.len() >= max {
             tokio::select! {
-                _ = stop.changed() => {}
+                changed = stop.changed() => if changed.is_err() { break Ok(Ended::Stopped) },
                 _ = tasks.join_next() => {}
             }
             continue;
@@ -235,7 +235,7 @@ async fn consume(
             // already running go on and settle.
             tokio::select! {
                 biased;
-                _ = stop.changed() => {}
+                changed = stop.changed() => if changed.is_err() { break Ok(Ended::Stopped) },
                 _ = wait_all_open(&gates) => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -251,7 +251,9 @@ async fn consume(
             Poll::Ready(next) => next,
             Poll::Pending => tokio::select! {
                 biased;
-                _ = stop.changed() => continue,
+                // The router dropped without shutdown: its sender is gone,
+                // and `changed` would be ready forever.
+                changed = stop.changed() => if changed.is_err() { break Ok(Ended::Stopped) } else { continue },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
                 next = sub.next() => next,
             },
