@@ -37,12 +37,10 @@ pub(crate) struct Member {
     stream_name: Arc<str>,
     /// Wakes a member waiting for messages to look at the connection:
     /// after a reconnect, the stream pulled before it is replaced.
-    look: tokio::time::Interval,
+    reconnected: tokio::sync::watch::Receiver<u64>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How often a waiting member checks for a reconnect.
-const LOOK_EVERY: Duration = Duration::from_millis(250);
 
 impl Member {
     #[allow(clippy::too_many_arguments)]
@@ -57,10 +55,9 @@ impl Member {
     ) -> Self {
         let config = &shared.config;
         let keepalive = Keepalive::start(shared.client.clone(), config.ack_wait, shared.closed.clone());
-        let mut look = tokio::time::interval(LOOK_EVERY);
-        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reconnected = shared.wire.subscribe(&shared.client, &shared.closed);
         Self {
-            look,
+            reconnected,
             batch: max_in_flight.clamp(1, config.fetch_batch.max(1)),
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             stream_name: names.stream.as_str().into(),
@@ -111,7 +108,7 @@ impl Member {
                 biased;
                 _ = self.closed.cancelled() => return None,
                 next = messages.next() => next,
-                _ = self.look.tick() => continue,
+                _ = self.reconnected.changed() => continue,
             };
             match next {
                 Some(Ok(message)) => return Some(self.deliver(message, permit)),
