@@ -77,6 +77,7 @@ impl KafkaBus {
                 closed: Default::default(),
                 attempts: crate::attempts::AttemptFloor::new(),
                 members: Default::default(),
+                commit_failures: Default::default(),
             }),
         })
     }
@@ -84,6 +85,15 @@ impl KafkaBus {
     /// The backend configuration in use.
     pub fn config(&self) -> &KafkaConfig {
         &self.shared.config
+    }
+
+    /// Offset commits of this connection's members that failed since it
+    /// connected (refused by the broker, or not answered). Each failure is
+    /// logged at WARN and the offsets are sent again by the member's next
+    /// commit; until one succeeds, a member that takes over the partitions
+    /// redelivers what was acked meanwhile.
+    pub fn commit_failures(&self) -> u64 {
+        self.shared.commit_failures.load(Ordering::Relaxed)
     }
 
     /// The producer, e.g. for plain Kafka interop.

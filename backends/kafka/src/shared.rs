@@ -1,7 +1,7 @@
 //! What every part of one connection shares: the producer, the topology,
 //! the members, and the shutdown state.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::producer::FutureProducer;
@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub(crate) attempts: AttemptFloor,
     /// The members of this connection, to stop on shutdown.
     pub(crate) members: Mutex<Vec<Arc<MemberShared>>>,
+    /// Offset commits of this connection's members that failed.
+    pub(crate) commit_failures: AtomicU64,
 }
 
 impl Shared {

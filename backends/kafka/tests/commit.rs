@@ -19,6 +19,7 @@ use common::KafkaFixture;
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
 const N: u64 = 300;
@@ -238,4 +239,58 @@ async fn broker_out_of_order_acks_never_commit_past_an_undecided_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_out_of_order_acks_never_commit_past_an_undecided_event() {
     out_of_order_acks_never_commit_past_an_undecided_event(KafkaFixture::mock(3)).await;
+}
+
+/// A broker that refuses offset commits: each failure is counted (and
+/// logged at WARN), and once the broker takes commits again the member
+/// sends the refused offsets again, with no further acks to prompt it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_refused_commits_are_counted_and_sent_again() {
+    let fixture = KafkaFixture::mock(1);
+    let partitions = fixture.kafka.partitions;
+    let kafka = fixture.connect_kafka().await;
+    let bus = Bus::new(kafka.clone(), busline_testkit::test_settings());
+    let (topic, group) = (unique("commitfail"), unique("g"));
+    let mut sub = bus
+        .subscribe(&topic, &group, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mock = fixture.mock_cluster().unwrap();
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 1_000],
+    )
+    .unwrap();
+    let n = 10u64;
+    let events = (0..n).map(|seq| DomainEvent::new(Ping::new(seq))).collect();
+    bus.publish_batch(&topic, events).await.unwrap();
+    for _ in 0..n {
+        let d = within(WAIT, "a delivery", sub.next()).await.unwrap().unwrap();
+        d.ack().await.unwrap();
+    }
+    busline_testkit::support::eventually(WAIT, "a counted commit failure", || kafka.commit_failures() > 0)
+        .await;
+    assert!(
+        committed(&fixture, &topic, &group, partitions)
+            .await
+            .values()
+            .sum::<i64>()
+            < n as i64,
+        "the broker refused the commits"
+    );
+
+    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit).unwrap();
+    within(WAIT, "the refused offsets committed after all", async {
+        while committed(&fixture, &topic, &group, partitions)
+            .await
+            .values()
+            .sum::<i64>()
+            < n as i64
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    drop(sub);
+    bus.shutdown().await;
 }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use busline_core::StartFrom;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::poller;
 use super::MemberShared;
 use crate::topology::start_offsets;
 
@@ -92,7 +93,11 @@ impl MemberContext {
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
             }
             if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::debug!(topic, error = %e, "cannot commit start offsets");
+                m.commit_failed(
+                    "commit of the group's start offsets",
+                    &poller::partitions(&tpl, topic),
+                    &e,
+                );
             }
         }
         starts
@@ -150,7 +155,8 @@ impl MemberContext {
         tracing::debug!(topic = %m.topic, group = %m.group, ?partitions, "revoked");
         if tpl.count() > 0 {
             if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(topic = %m.topic, group = %m.group, error = %e, "commit on revocation failed; the next owner may redeliver");
+                // The partitions are gone: the next owner may redeliver.
+                m.commit_failed("commit on revocation", partitions, &e);
             }
         }
         m.wake();
@@ -186,9 +192,24 @@ impl ConsumerContext for MemberContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::debug!(topic = %self.member.topic, group = %self.member.group, error = %e, "commit failed; a later commit covers it");
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let m = &self.member;
+        let failed: Vec<i32> = match &result {
+            // Nothing to commit is not a failure.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => return,
+            Err(_) => poller::partitions(offsets, &m.topic),
+            // A request that succeeded can still refuse single partitions.
+            Ok(()) => offsets
+                .elements_for_topic(&m.topic)
+                .iter()
+                .filter(|e| e.error().is_err())
+                .map(|e| e.partition())
+                .collect(),
+        };
+        if let Err(e) = &result {
+            m.commit_failed("offset commit", &failed, e);
+        } else if !failed.is_empty() {
+            m.commit_failed("offset commit", &failed, &"refused for some partitions");
         }
     }
 }

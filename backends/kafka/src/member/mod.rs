@@ -62,6 +62,17 @@ impl MemberShared {
         self.leave();
     }
 
+    /// A commit of `partitions` failed: counted, logged, and their commit
+    /// points sent again by the next commit round.
+    pub(crate) fn commit_failed(&self, what: &str, partitions: &[i32], error: &dyn std::fmt::Display) {
+        self.bus.commit_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(topic = %self.topic, group = %self.group, ?partitions, %error, "{what} failed; the offsets are sent again");
+        let mut state = self.state();
+        for p in partitions {
+            state.uncommit(*p);
+        }
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         *self.done.borrow()
     }

@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::context::MemberContext;
@@ -48,6 +51,12 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn run(consumer: &BaseConsumer<MemberContext>, member: &MemberShared) {
+    let commits = CommitQueue::new(consumer);
+    run_with(consumer, member, &commits);
+    commits.drain(member);
+}
+
+fn run_with(consumer: &BaseConsumer<MemberContext>, member: &MemberShared, commits: &CommitQueue) {
     let config = &member.bus.config;
     let mut last_commit = Instant::now();
     let mut paused = false;
@@ -60,22 +69,24 @@ fn run(consumer: &BaseConsumer<MemberContext>, member: &MemberShared) {
             paused = !set_paused(consumer, false);
         }
         if last_commit.elapsed() >= config.commit_interval {
-            commit(consumer, member, false, CommitMode::Async);
+            commit(consumer, member, false, Some(commits));
             last_commit = Instant::now();
         }
         receive(consumer, member, POLL);
+        commits.drain(member);
     }
     // Leaving: no new records; what is in flight may still be settled.
     set_paused(consumer, true);
     let deadline = Instant::now() + config.drain_timeout;
     while member.state().in_flight() > 0 && Instant::now() < deadline {
         if last_commit.elapsed() >= config.commit_interval {
-            commit(consumer, member, false, CommitMode::Async);
+            commit(consumer, member, false, Some(commits));
             last_commit = Instant::now();
         }
         receive(consumer, member, POLL);
+        commits.drain(member);
     }
-    commit(consumer, member, true, CommitMode::Sync);
+    commit(consumer, member, true, None);
 }
 
 /// Records taken from the consumer per round at most, to hand them to the
@@ -124,8 +135,14 @@ fn record(message: &BorrowedMessage<'_>) -> (i32, i64, Arc<Record>) {
     (message.partition(), message.offset(), record)
 }
 
-/// Commits the member's commit points (those that moved, or all).
-fn commit(consumer: &BaseConsumer<MemberContext>, member: &MemberShared, all: bool, mode: CommitMode) {
+/// Commits the member's commit points (those that moved, or all):
+/// asynchronously through `queue`, else synchronously.
+fn commit(
+    consumer: &BaseConsumer<MemberContext>,
+    member: &MemberShared,
+    all: bool,
+    queue: Option<&CommitQueue>,
+) {
     let points = member.state().commit_points(all);
     if points.is_empty() {
         return;
@@ -135,9 +152,114 @@ fn commit(consumer: &BaseConsumer<MemberContext>, member: &MemberShared, all: bo
     for (p, o) in points {
         let _ = tpl.add_partition_offset(&member.topic, p, Offset::Offset(o));
     }
-    if let Err(e) = consumer.commit(&tpl, mode) {
-        tracing::debug!(topic = %member.topic, group = %member.group, error = %e, "commit failed; a later commit covers it");
+    let sent = match queue {
+        Some(q) => q.commit(consumer, &tpl),
+        None => consumer.commit(&tpl, CommitMode::Sync),
+    };
+    if let Err(e) = sent {
+        // Asynchronous: the commit could not be sent at all (its answer
+        // comes through the queue); synchronous: the answer itself.
+        member.commit_failed("offset commit", &partitions(&tpl, &member.topic), &e);
     }
+}
+
+/// Answers to the member's asynchronous commits.
+///
+/// rdkafka's `commit_callback` never sees the answer to a manual
+/// asynchronous commit: librdkafka replies to a reply queue or an
+/// `offset_commit_cb`, rdkafka sets neither, and the failure is only logged
+/// (`COMMITFAIL`). So commits go through `rd_kafka_commit_queue` with a
+/// queue of the member's own, drained on the poller thread.
+struct CommitQueue {
+    queue: *mut rdsys::rd_kafka_queue_t,
+}
+
+impl CommitQueue {
+    fn new(consumer: &BaseConsumer<MemberContext>) -> Self {
+        // SAFETY: the client is alive; the queue is destroyed (Drop) before
+        // the consumer, which `spawn` drops only after `run` returns.
+        let queue = unsafe { rdsys::rd_kafka_queue_new(consumer.client().native_ptr()) };
+        Self { queue }
+    }
+
+    fn commit(&self, consumer: &BaseConsumer<MemberContext>, tpl: &TopicPartitionList) -> KafkaResult<()> {
+        // SAFETY: client, list and queue are valid for the call; librdkafka
+        // copies the list.
+        let err = unsafe {
+            rdsys::rd_kafka_commit_queue(
+                consumer.client().native_ptr(),
+                tpl.ptr(),
+                self.queue,
+                None,
+                std::ptr::null_mut(),
+            )
+        };
+        if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Ok(())
+        } else {
+            Err(KafkaError::ConsumerCommit(err.into()))
+        }
+    }
+
+    /// Counts and reports the failed commits answered so far.
+    fn drain(&self, member: &MemberShared) {
+        loop {
+            // SAFETY: the queue is valid; each event is destroyed below.
+            let event = unsafe { rdsys::rd_kafka_queue_poll(self.queue, 0) };
+            if event.is_null() {
+                return;
+            }
+            let (err, failed) = unsafe { commit_result(event, &member.topic) };
+            unsafe { rdsys::rd_kafka_event_destroy(event) };
+            match err {
+                // Nothing to commit is not a failure.
+                RDKafkaErrorCode::NoError | RDKafkaErrorCode::NoOffset if failed.is_empty() => {}
+                RDKafkaErrorCode::NoError => {
+                    member.commit_failed("offset commit", &failed, &"refused for some partitions");
+                }
+                code => member.commit_failed("offset commit", &failed, &code),
+            }
+        }
+    }
+}
+
+/// The error of a commit answer and the partitions of `topic` it failed.
+///
+/// # Safety
+/// `event` is a valid event, alive for the call.
+unsafe fn commit_result(event: *mut rdsys::rd_kafka_event_t, topic: &str) -> (RDKafkaErrorCode, Vec<i32>) {
+    let err = rdsys::rd_kafka_event_error(event);
+    let list = rdsys::rd_kafka_event_topic_partition_list(event);
+    let mut failed = Vec::new();
+    if !list.is_null() {
+        let list = &*list;
+        for i in 0..usize::try_from(list.cnt).unwrap_or(0) {
+            let e = &*list.elems.add(i);
+            let ours = !e.topic.is_null() && std::ffi::CStr::from_ptr(e.topic).to_bytes() == topic.as_bytes();
+            if ours
+                && (err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR
+                    || e.err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+            {
+                failed.push(e.partition);
+            }
+        }
+    }
+    (err.into(), failed)
+}
+
+impl Drop for CommitQueue {
+    fn drop(&mut self) {
+        // SAFETY: created by `rd_kafka_queue_new`, destroyed once.
+        unsafe { rdsys::rd_kafka_queue_destroy(self.queue) };
+    }
+}
+
+/// The partitions of `topic` in `tpl`.
+pub(crate) fn partitions(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect()
 }
 
 /// With `fetch_rewind`, moves the fetch positions back before resuming

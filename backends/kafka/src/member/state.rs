@@ -324,6 +324,14 @@ impl State {
         }
     }
 
+    /// The last commit point sent for `partition` did not arrive: the next
+    /// round sends the current one again.
+    pub(crate) fn uncommit(&mut self, partition: i32) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.committed = None;
+        }
+    }
+
     /// Commit points that moved since they were last sent (`all`: every
     /// known one); marks them sent.
     pub(crate) fn commit_points(&mut self, all: bool) -> Vec<(i32, i64)> {
@@ -368,6 +376,13 @@ mod tests {
         assert!(s.decide(h[2].ticket));
         assert_eq!(s.commit_points(false), vec![(0, 14)]);
         assert_eq!((s.buffered(), s.in_flight()), (0, 0));
+        assert!(s.commit_points(false).is_empty(), "sent already");
+        s.uncommit(0);
+        assert_eq!(
+            s.commit_points(false),
+            vec![(0, 14)],
+            "a failed commit is sent again"
+        );
     }
 
     #[test]
