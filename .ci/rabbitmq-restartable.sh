@@ -4,7 +4,11 @@
 # HOME), Mnesia and log directories. Ends only the node it started, by the
 # pid it recorded.
 #
-#   bash .ci/rabbitmq-restartable.sh start|restart|stop
+#   bash .ci/rabbitmq-restartable.sh start|restart|stop|env
+#
+# env prints the exports that point the tests at this node: the AMQP URL,
+# and the node name and cookie, so the tests' own `rabbitmqctl` calls (and
+# `rabbitmqctl stop_app` in the restart scenario) reach it too.
 #
 # restart is stop_app + start_app (the broker application restarts, the
 # Erlang node stays up), as an operator restarts a broker.
@@ -99,9 +103,16 @@ stop() {
     rm -f "$dir/server.pid"
 }
 
+print_env() {
+    echo "export BUSLINE_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:${port}/%2f"
+    echo "export RABBITMQ_NODENAME=${node}"
+    echo "export RABBITMQ_ERLANG_COOKIE=$(cat "$HOME/.erlang.cookie")"
+}
+
 case "${1:-}" in
+    env) print_env ;;
     start) start ;;
     restart) restart ;;
     stop) stop ;;
-    *) echo "usage: $0 start|restart|stop" >&2; exit 2 ;;
+    *) echo "usage: $0 start|restart|stop|env" >&2; exit 2 ;;
 esac

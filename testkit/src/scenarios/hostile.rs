@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use busline_core::dead_letter::attr as dl;
 use busline_core::wire::{self, encode_headers, HeaderDialect};
-use busline_core::{Context, DomainEvent, HandlerError, RawEvent, Router};
+use busline_core::{Context, DomainEvent, HandlerError, PublishErrorKind, RawEvent, Router};
 use bytes::Bytes;
 
 use super::DlqReader;
@@ -178,7 +178,30 @@ pub async fn hostile_input(fixture: &dyn BusFixture, poison: Poison) {
         (Err(e), _) => panic!("{poison:?} on {}: the raw writer failed: {e}", fixture.name()),
         (Ok(()), _) => {}
     }
-    bus.publish(&topic, Ping::new(3)).await.unwrap();
+    // A client that cannot parse the poison may drop its connection, and
+    // with it a publish in flight (async-nats): that publish fails with a
+    // typed error and is sent again, with the same id, as a caller would.
+    let after = DomainEvent::new(Ping::new(3));
+    let mut tries = 0;
+    loop {
+        match bus.publish_event(&topic, after.clone()).await {
+            Ok(_) => break,
+            Err(e)
+                if tries < 5
+                    && matches!(e.kind(), PublishErrorKind::Timeout | PublishErrorKind::Connection) =>
+            {
+                tries += 1;
+                eprintln!(
+                    "{poison:?} on {}: publishing the event after the poison: {e}; again",
+                    fixture.name()
+                );
+            }
+            Err(e) => panic!(
+                "{poison:?} on {}: publishing the event after the poison: {e}",
+                fixture.name()
+            ),
+        }
+    }
 
     let what = format!(
         "{poison:?} on {}: the valid events around the poison",
