@@ -101,18 +101,56 @@ fn value_bytes(value: &AMQPValue) -> Option<Cow<'_, [u8]>> {
     })
 }
 
+/// The `time` attribute header as busline writes it.
+const TIME_HEADER: &str = "cloudEvents_time";
+
+/// A header name with the AMQP binding's other prefix, `cloudEvents:`,
+/// spelled as busline's `cloudEvents_` (the binding lets producers use
+/// either and asks consumers to read both).
+fn binding_name(name: &str) -> Cow<'_, str> {
+    match name.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("cloudEvents:") => {
+            Cow::Owned(format!("cloudEvents_{}", &name[12..]))
+        }
+        _ => Cow::Borrowed(name),
+    }
+}
+
+/// `cloudEvents_time` written as a number, as the AMQP binding allows: an
+/// AMQP timestamp (seconds, in 0-9-1) or an integer of milliseconds since
+/// the epoch (what the CloudEvents SDK's AMQP binding writes through pika).
+/// Read as RFC 3339 text, so the one time parser checks its range.
+fn native_time(value: &AMQPValue) -> Option<Cow<'static, [u8]>> {
+    let time = match value {
+        AMQPValue::Timestamp(secs) => chrono::DateTime::from_timestamp(i64::try_from(*secs).ok()?, 0)?,
+        AMQPValue::LongLongInt(ms) => chrono::DateTime::from_timestamp_millis(*ms)?,
+        AMQPValue::LongInt(ms) => chrono::DateTime::from_timestamp_millis(i64::from(*ms))?,
+        AMQPValue::LongUInt(ms) => chrono::DateTime::from_timestamp_millis(i64::from(*ms))?,
+        _ => return None,
+    };
+    Some(Cow::Owned(wire::format_time(&time).into_bytes()))
+}
+
 /// Reads the envelope of a received message; a typed error for poison.
 pub(crate) fn decode(props: &BasicProperties, body: Bytes) -> Result<RawEvent, EnvelopeError> {
     let empty = FieldTable::default();
     let table = props.headers().as_ref().unwrap_or(&empty);
-    let pairs: Vec<(&str, Cow<'_, [u8]>)> = table
+    let pairs: Vec<(Cow<'_, str>, Cow<'_, [u8]>)> = table
         .inner()
         .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), value_bytes(v)?)))
+        .filter_map(|(k, v)| {
+            let name = binding_name(k.as_str());
+            let bytes = if name.eq_ignore_ascii_case(TIME_HEADER) {
+                native_time(v).or_else(|| value_bytes(v))?
+            } else {
+                value_bytes(v)?
+            };
+            Some((name, bytes))
+        })
         .collect();
     wire::decode_headers(
         &HeaderDialect::AMQP,
-        pairs.iter().map(|(k, v)| (*k, v.as_ref())),
+        pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_ref())),
         NativeAttributes {
             content_type: props.content_type().as_ref().map(ShortString::as_str),
             key: None,
@@ -214,6 +252,56 @@ pub(crate) fn for_dead_letter(props: &BasicProperties, letter: &DeadLetter) -> B
         );
     }
     rebuild(props, FieldTable::from(headers), None)
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+
+    fn props(headers: Vec<(&str, AMQPValue)>) -> BasicProperties {
+        let table: BTreeMap<ShortString, AMQPValue> = headers
+            .into_iter()
+            .map(|(k, v)| (ShortString::from(k), v))
+            .collect();
+        BasicProperties::default()
+            .with_headers(FieldTable::from(table))
+            .with_content_type(ShortString::from("application/json"))
+    }
+
+    fn long(s: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn numeric_times_and_the_colon_prefix_are_read() {
+        let base = |prefix: &str, time: AMQPValue| {
+            props(vec![
+                (&*format!("{prefix}specversion"), long("1.0")),
+                (&*format!("{prefix}id"), long("e-1")),
+                (&*format!("{prefix}type"), long("t")),
+                (&*format!("{prefix}source"), long("s")),
+                (&*format!("{prefix}time"), time),
+            ])
+        };
+        let want = chrono::DateTime::from_timestamp_millis(1_796_157_137_117).unwrap();
+        for (prefix, time, expect) in [
+            ("cloudEvents_", AMQPValue::LongLongInt(1_796_157_137_117), want),
+            ("cloudEvents:", AMQPValue::LongLongInt(1_796_157_137_117), want),
+            (
+                "cloudEvents_",
+                AMQPValue::Timestamp(1_796_157_137),
+                chrono::DateTime::from_timestamp(1_796_157_137, 0).unwrap(),
+            ),
+            (
+                "cloudEvents:",
+                long("2026-12-01T00:00:00Z"),
+                "2026-12-01T00:00:00Z".parse().unwrap(),
+            ),
+        ] {
+            let event = decode(&base(prefix, time), Bytes::from_static(b"{}")).unwrap();
+            assert_eq!((event.id.as_str(), event.time), ("e-1", expect), "{prefix}");
+        }
+    }
 }
 
 #[cfg(test)]
