@@ -322,6 +322,78 @@ pub fn for_each_header(
     Ok(())
 }
 
+/// The envelope attributes both content modes carry.
+pub(crate) struct Attributes {
+    pub(crate) id: String,
+    pub(crate) event_type: String,
+    pub(crate) version: u32,
+    pub(crate) source: String,
+    pub(crate) time: DateTime<Utc>,
+    pub(crate) correlation_id: String,
+    pub(crate) causation_id: Option<String>,
+    pub(crate) key: Option<String>,
+    /// The `datacontenttype` attribute, if present and not empty.
+    pub(crate) content_type: Option<String>,
+}
+
+/// Reads the envelope's attributes through `take` (which hands each named
+/// attribute over once), the same way for headers and for a structured
+/// body: required ones present and not empty, specversion 1.0, a time that
+/// can be written back; events from producers that do not know busline's
+/// extensions are version 1 and start their own correlation chain; the
+/// broker's native key wins over `partitionkey`.
+pub(crate) fn read_attributes(
+    mut take: impl FnMut(&str) -> Option<String>,
+    native_key: Option<&[u8]>,
+) -> Result<Attributes, EnvelopeError> {
+    let mut required = |name: &str| match take(name) {
+        Some(v) if !v.is_empty() => Ok(v),
+        Some(_) => Err(EnvelopeError::invalid(name, "empty")),
+        None => Err(EnvelopeError::Missing {
+            attribute: name.into(),
+        }),
+    };
+    let spec = required(attr::SPECVERSION)?;
+    if spec != SPEC_VERSION {
+        return Err(EnvelopeError::UnsupportedSpecVersion(spec));
+    }
+    let id = required(attr::ID)?;
+    let event_type = required(attr::TYPE)?;
+    let source = required(attr::SOURCE)?;
+    let time = parse_time(&required(attr::TIME)?)?;
+    let version = match take(attr::DATAVERSION) {
+        None => 1,
+        Some(v) => v.parse::<u32>().map_err(|_| {
+            EnvelopeError::invalid(attr::DATAVERSION, format!("`{v}` is not an unsigned integer"))
+        })?,
+    };
+    let correlation_id = take(attr::CORRELATIONID)
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| id.clone());
+    let causation_id = take(attr::CAUSATIONID).filter(|c| !c.is_empty());
+    let attribute_key = take(attr::PARTITIONKEY);
+    let content_type = take(attr::DATACONTENTTYPE).filter(|c| !c.is_empty());
+    let key = match native_key {
+        Some(k) => Some(
+            std::str::from_utf8(k)
+                .map_err(|_| EnvelopeError::invalid(attr::PARTITIONKEY, "key is not UTF-8"))?
+                .to_owned(),
+        ),
+        None => attribute_key,
+    };
+    Ok(Attributes {
+        id,
+        event_type,
+        version,
+        source,
+        time,
+        correlation_id,
+        causation_id,
+        key,
+        content_type,
+    })
+}
+
 /// Reads an RFC 3339 time, refusing one that could not be written back
 /// ([`check_time`]).
 pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, EnvelopeError> {
@@ -436,50 +508,13 @@ where
         return structured::decode_structured(&body, native.key);
     }
 
-    let mut take = |name: &str| {
+    let take = |name: &str| {
         KNOWN
             .iter()
             .position(|k| *k == name)
             .and_then(|i| known[i].take())
     };
-    let required = |v: Option<String>, name: &str| match v {
-        Some(v) if !v.is_empty() => Ok(v),
-        Some(_) => Err(EnvelopeError::invalid(name, "empty")),
-        None => Err(EnvelopeError::Missing {
-            attribute: name.into(),
-        }),
-    };
-    let spec = required(take(attr::SPECVERSION), attr::SPECVERSION)?;
-    if spec != SPEC_VERSION {
-        return Err(EnvelopeError::UnsupportedSpecVersion(spec));
-    }
-    let id = required(take(attr::ID), attr::ID)?;
-    let event_type = required(take(attr::TYPE), attr::TYPE)?;
-    let source = required(take(attr::SOURCE), attr::SOURCE)?;
-    let time_text = required(take(attr::TIME), attr::TIME)?;
-    let time = parse_time(&time_text)?;
-    // Events from producers that do not know busline's extensions are
-    // version 1 and start their own correlation chain.
-    let version = match take(attr::DATAVERSION) {
-        None => 1,
-        Some(v) => v.parse::<u32>().map_err(|_| {
-            EnvelopeError::invalid(attr::DATAVERSION, format!("`{v}` is not an unsigned integer"))
-        })?,
-    };
-    let correlation_id = take(attr::CORRELATIONID)
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| id.clone());
-    let causation_id = take(attr::CAUSATIONID).filter(|c| !c.is_empty());
-    let header_key = take(attr::PARTITIONKEY);
-    let attr_content_type = take(attr::DATACONTENTTYPE);
-    let key = match native.key {
-        Some(k) => Some(
-            std::str::from_utf8(k)
-                .map_err(|_| EnvelopeError::invalid(attr::PARTITIONKEY, "key is not UTF-8"))?
-                .to_owned(),
-        ),
-        None => header_key,
-    };
+    let a = read_attributes(take, native.key)?;
     if let Some(name) = attrs.keys().find(|k| attr::RESERVED.contains(&k.as_str())) {
         return Err(EnvelopeError::Reserved { name: name.clone() });
     }
@@ -487,21 +522,21 @@ where
         .content_type
         .map(str::to_owned)
         .or(content_type_header)
-        .or(attr_content_type)
+        .or(a.content_type)
         .filter(|c| !c.is_empty())
         .ok_or_else(|| EnvelopeError::Missing {
             attribute: attr::DATACONTENTTYPE.into(),
         })?;
 
     Ok(DomainEvent {
-        id,
-        event_type,
-        version,
-        source,
-        time,
-        correlation_id,
-        causation_id,
-        key,
+        id: a.id,
+        event_type: a.event_type,
+        version: a.version,
+        source: a.source,
+        time: a.time,
+        correlation_id: a.correlation_id,
+        causation_id: a.causation_id,
+        key: a.key,
         extensions: attrs,
         data: Payload {
             content_type,

@@ -15,7 +15,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{attr, is_valid_attribute_name, parse_time, SPEC_VERSION};
+use super::{attr, is_valid_attribute_name, read_attributes, SPEC_VERSION};
 use crate::{DomainEvent, EnvelopeError, Payload, RawEvent};
 
 /// The media type of a structured-mode event in the JSON format.
@@ -121,42 +121,8 @@ pub fn decode_structured(body: &[u8], native_key: Option<&[u8]>) -> Result<RawEv
             }
         }
     }
-    let mut take = |name: &str| attrs.remove(name);
-    let required = |v: Option<String>, name: &str| match v {
-        Some(v) if !v.is_empty() => Ok(v),
-        Some(_) => Err(EnvelopeError::invalid(name, "empty")),
-        None => Err(EnvelopeError::Missing {
-            attribute: name.into(),
-        }),
-    };
-    let spec = required(take(attr::SPECVERSION), attr::SPECVERSION)?;
-    if spec != SPEC_VERSION {
-        return Err(EnvelopeError::UnsupportedSpecVersion(spec));
-    }
-    let id = required(take(attr::ID), attr::ID)?;
-    let event_type = required(take(attr::TYPE), attr::TYPE)?;
-    let source = required(take(attr::SOURCE), attr::SOURCE)?;
-    let time = parse_time(&required(take(attr::TIME), attr::TIME)?)?;
-    let version = match take(attr::DATAVERSION) {
-        None => 1,
-        Some(v) => v.parse::<u32>().map_err(|_| {
-            EnvelopeError::invalid(attr::DATAVERSION, format!("`{v}` is not an unsigned integer"))
-        })?,
-    };
-    let correlation_id = take(attr::CORRELATIONID)
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| id.clone());
-    let causation_id = take(attr::CAUSATIONID).filter(|c| !c.is_empty());
-    let member_key = take(attr::PARTITIONKEY);
-    let declared = take(attr::DATACONTENTTYPE).filter(|c| !c.is_empty());
-    let key = match native_key {
-        Some(k) => Some(
-            std::str::from_utf8(k)
-                .map_err(|_| EnvelopeError::invalid(attr::PARTITIONKEY, "key is not UTF-8"))?
-                .to_owned(),
-        ),
-        None => member_key,
-    };
+    let a = read_attributes(|name| attrs.remove(name), native_key)?;
+    let declared = a.content_type;
     if let Some(name) = attrs.keys().find(|k| attr::RESERVED.contains(&k.as_str())) {
         return Err(EnvelopeError::Reserved { name: name.clone() });
     }
@@ -206,14 +172,14 @@ pub fn decode_structured(body: &[u8], native_key: Option<&[u8]>) -> Result<RawEv
         });
     }
     Ok(DomainEvent {
-        id,
-        event_type,
-        version,
-        source,
-        time,
-        correlation_id,
-        causation_id,
-        key,
+        id: a.id,
+        event_type: a.event_type,
+        version: a.version,
+        source: a.source,
+        time: a.time,
+        correlation_id: a.correlation_id,
+        causation_id: a.causation_id,
+        key: a.key,
         extensions: attrs,
         data: Payload { content_type, bytes },
     })
