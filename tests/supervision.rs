@@ -115,15 +115,15 @@ enum Breakage {
     End,
 }
 
-/// The memory bus, with subscriptions that break after some deliveries.
-struct Broken {
+/// The memory bus, with every subscription passed through `rewire`: the
+/// broken backends of these tests.
+struct Rewired {
     inner: busline::memory::MemoryBus,
-    breakage: Breakage,
-    after: usize,
+    rewire: Box<dyn Fn(&str, Subscription) -> Subscription + Send + Sync>,
 }
 
 #[async_trait]
-impl EventBus for Broken {
+impl EventBus for Rewired {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
@@ -140,37 +140,41 @@ impl EventBus for Broken {
         options: SubscribeOptions,
     ) -> Result<Subscription, SubscribeError> {
         let sub = self.inner.subscribe(topic, group, options).await?;
-        let (breakage, after, topic) = (self.breakage, self.after, topic.to_owned());
-        let seen = Arc::new(AtomicUsize::new(0));
-        let stream = sub.take_while(move |_| {
-            let n = seen.fetch_add(1, Ordering::Relaxed);
-            let keep = n < after;
-            if !keep {
-                if let Breakage::Panic = breakage {
-                    panic!("backend bug in the stream of {topic}");
-                }
-            }
-            std::future::ready(keep)
-        });
-        Ok(match breakage {
-            Breakage::Fail => Subscription::new(stream.chain(futures::stream::once(async {
-                Err(ConsumeError::new(ConsumeErrorKind::Connection, "t"))
-            }))),
-            _ => Subscription::new(stream),
-        })
+        Ok((self.rewire)(topic, sub))
     }
     async fn shutdown(&self) {
         self.inner.shutdown().await
     }
 }
 
+/// A subscription that breaks as `breakage` says after `after` deliveries.
+fn breaking(breakage: Breakage, after: usize, topic: &str, sub: Subscription) -> Subscription {
+    let topic = topic.to_owned();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let stream = sub.take_while(move |_| {
+        let n = seen.fetch_add(1, Ordering::Relaxed);
+        let keep = n < after;
+        if !keep {
+            if let Breakage::Panic = breakage {
+                panic!("backend bug in the stream of {topic}");
+            }
+        }
+        std::future::ready(keep)
+    });
+    match breakage {
+        Breakage::Fail => Subscription::new(stream.chain(futures::stream::once(async {
+            Err(ConsumeError::new(ConsumeErrorKind::Connection, "t"))
+        }))),
+        _ => Subscription::new(stream),
+    }
+}
+
 async fn run_broken(breakage: Breakage) -> (RouterError, Vec<u64>) {
     let broker = MemoryBroker::new();
     let bus = Bus::new(
-        Broken {
+        Rewired {
             inner: broker.connect(),
-            breakage,
-            after: 2,
+            rewire: Box::new(move |topic, sub| breaking(breakage, 2, topic, sub)),
         },
         test_settings(),
     );
@@ -276,13 +280,9 @@ async fn health_shows_a_paused_subscription_and_a_clean_stop() {
     router.shutdown().await.unwrap();
 }
 
-/// The memory bus, with acknowledgers whose every settle call hangs, as on
-/// a connection that stopped answering.
-struct Unanswering {
-    inner: busline::memory::MemoryBus,
-}
-
-struct HangingAcker(#[allow(dead_code)] Box<dyn busline::Acknowledge>);
+/// A settle handle whose every call hangs, as on a connection that stopped
+/// answering; it keeps the memory acker alive (undecided) inside.
+struct HangingAcker(#[allow(dead_code)] busline::Acker);
 
 #[async_trait]
 impl busline::Acknowledge for HangingAcker {
@@ -297,65 +297,24 @@ impl busline::Acknowledge for HangingAcker {
     }
 }
 
-#[async_trait]
-impl EventBus for Unanswering {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
-        self.inner.publish(topic, event).await
-    }
-    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
-        self.inner.provision(topic, group).await
-    }
-    async fn subscribe(
-        &self,
-        topic: &str,
-        group: &str,
-        options: SubscribeOptions,
-    ) -> Result<Subscription, SubscribeError> {
-        let sub = self.inner.subscribe(topic, group, options).await?;
-        Ok(Subscription::new(sub.map(|d| {
-            d.map(|d| {
-                let (topic, group, attempt) = (d.topic().into(), d.group().into(), d.attempt());
-                let (event, acker) = d.into_parts();
-                busline::Delivery::new(
-                    event,
-                    attempt,
-                    topic,
-                    group,
-                    Box::new(HangingAcker(Box::new(Parked(acker)))),
-                )
-            })
-        })))
-    }
-    async fn shutdown(&self) {
-        self.inner.shutdown().await
-    }
-}
-
-/// Keeps the memory acker alive (undecided) inside the hanging one.
-struct Parked(#[allow(dead_code)] busline::Acker);
-
-#[async_trait]
-impl busline::Acknowledge for Parked {
-    async fn ack(self: Box<Self>) -> Result<(), busline::SettleError> {
-        unreachable!("never settled")
-    }
-    async fn nack(self: Box<Self>, _: std::time::Duration) -> Result<(), busline::SettleError> {
-        unreachable!("never settled")
-    }
-    async fn dead_letter(self: Box<Self>, _: busline::DeadLetter) -> Result<(), busline::SettleError> {
-        unreachable!("never settled")
-    }
+/// Deliveries of `sub` whose settle calls hang.
+fn unanswering(_topic: &str, sub: Subscription) -> Subscription {
+    Subscription::new(sub.map(|d| {
+        d.map(|d| {
+            let (topic, group, attempt) = (d.topic().into(), d.group().into(), d.attempt());
+            let (event, acker) = d.into_parts();
+            busline::Delivery::new(event, attempt, topic, group, Box::new(HangingAcker(acker)))
+        })
+    }))
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_returns_within_its_deadline_when_settling_hangs() {
     let broker = MemoryBroker::new();
     let bus = Bus::new(
-        Unanswering {
+        Rewired {
             inner: broker.connect(),
+            rewire: Box::new(unanswering),
         },
         test_settings(),
     );
