@@ -119,8 +119,10 @@ enum Breakage {
 /// broken backends of these tests.
 struct Rewired {
     inner: busline::memory::MemoryBus,
-    rewire: Box<dyn Fn(&str, Subscription) -> Subscription + Send + Sync>,
+    rewire: Box<Rewire>,
 }
+
+type Rewire = dyn Fn(&str, Subscription) -> Subscription + Send + Sync;
 
 #[async_trait]
 impl EventBus for Rewired {
