@@ -64,7 +64,10 @@ start() {
         echo "$bin/rabbitmq-server is missing (Debian package rabbitmq-server)" >&2
         return 1
     fi
-    nohup "$bin/rabbitmq-server" >>"$dir/log/server.out" 2>&1 </dev/null &
+    # The node keeps its working directory for life (plugin paths resolve
+    # against it): start it in its own state directory, not in a checkout
+    # that may be deleted while it runs.
+    (cd "$dir" && exec nohup "$bin/rabbitmq-server" >>"$dir/log/server.out" 2>&1 </dev/null) &
     echo $! >"$dir/server.pid"
     for _ in $(seq 1 600); do
         if port_open && ctl await_startup >/dev/null 2>&1; then
