@@ -31,6 +31,9 @@ pub mod attr {
     pub const TIME: &str = "deadlettertime";
     /// All of them, to strip on replay.
     pub const ALL: [&str; 6] = [REASON, ERROR, TOPIC, GROUP, ATTEMPTS, TIME];
+    /// On a letter with reason `too_large` only: the size in bytes of the
+    /// body before it was cut to fit.
+    pub const ORIGINAL_SIZE: &str = "deadletteroriginalsize";
 }
 
 /// Why an event was dead-lettered.

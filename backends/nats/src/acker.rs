@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::message::{AckKind, PublishMessage};
 use async_nats::{HeaderMap, Subject};
-use busline_core::{async_trait, Acknowledge, DeadLetter, SettleError, SettleErrorKind};
+use busline_core::dead_letter::attr as dl;
+use busline_core::wire::HeaderDialect;
+use busline_core::{async_trait, Acknowledge, DeadLetter, DeadLetterReason, SettleError, SettleErrorKind};
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -19,6 +21,10 @@ use crate::shared::Shared;
 pub(crate) const DEAD_LETTER_RETRY_FIRST: Duration = Duration::from_millis(200);
 /// Longest wait before such an event comes back.
 pub(crate) const DEAD_LETTER_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Body bytes a dead letter too large for the server keeps: enough to
+/// inspect, far below any `max_payload`.
+const CUT_BODY: usize = 64 * 1024;
 
 /// The nak delay after a failed dead-letter publish of delivery `attempt`.
 pub(crate) fn dead_letter_retry_delay(attempt: u32) -> Duration {
@@ -140,9 +146,33 @@ impl Pending {
         let rest = r.subject.get(r.prefix_len..).unwrap_or("unknown");
         let subject = format!("{}.{rest}", names.token);
         let msg_id = format!("dl:{}:{}", r.stream, r.stream_sequence);
-        let message = PublishMessage::build()
-            .payload(r.payload.clone())
-            .headers(headers::dead_letter(r.headers.as_ref(), letter, msg_id));
+        let mut payload = r.payload.clone();
+        let mut map = headers::dead_letter(r.headers.as_ref(), letter, msg_id.clone());
+        // The letter's own headers can push a message the server took over
+        // its `max_payload`; the server would refuse it by closing the
+        // connection, every time. Such a letter is written as one that
+        // fits instead.
+        let limit = shared.client.server_info().max_payload;
+        if payload.len() + headers::wire_size(&map) > limit {
+            let (small, cut) = too_large(letter, payload.len(), limit);
+            tracing::warn!(topic = %r.topic, seq = r.stream_sequence, size = payload.len(), limit, "dead letter above max_payload: written with its body cut");
+            map = headers::dead_letter(r.headers.as_ref(), &small, msg_id.clone());
+            map.insert(
+                HeaderDialect::NATS.header(dl::ORIGINAL_SIZE).as_str(),
+                payload.len().to_string(),
+            );
+            payload = payload.slice(..cut);
+            if payload.len() + headers::wire_size(&map) > limit {
+                // The original's own headers are what does not fit.
+                map = headers::dead_letter(None, &small, msg_id);
+                map.insert(
+                    HeaderDialect::NATS.header(dl::ORIGINAL_SIZE).as_str(),
+                    r.payload.len().to_string(),
+                );
+                payload = Bytes::new();
+            }
+        }
+        let message = PublishMessage::build().payload(payload).headers(map);
         let ack = shared
             .js
             .send_publish(subject, message)
@@ -151,6 +181,24 @@ impl Pending {
         ack.await.map_err(|e| fail(e.into()))?;
         Ok(())
     }
+}
+
+/// The letter that replaces `letter` when the whole would exceed `limit`:
+/// reason `too_large`, the original reason and error in its error text, and
+/// how many body bytes it keeps.
+fn too_large(letter: &DeadLetter, size: usize, limit: usize) -> (DeadLetter, usize) {
+    let cut = CUT_BODY.min(size).min(limit / 2);
+    let error = format!(
+        "{}: {}; its dead letter ({size} bytes of body) is above the server's max_payload ({limit}); written with the body cut to {cut} bytes",
+        letter.reason.as_str(),
+        letter.error,
+    );
+    let small = DeadLetter {
+        reason: DeadLetterReason::TooLarge,
+        error,
+        ..letter.clone()
+    };
+    (small, cut)
 }
 
 impl Drop for Pending {

@@ -137,6 +137,22 @@ pub(crate) fn dead_letter(original: Option<&HeaderMap>, letter: &DeadLetter, msg
     map
 }
 
+/// The bytes `headers` take on the wire (`NATS/1.0` line, `name: value`
+/// lines, blank line): the server counts them in `max_payload`.
+pub(crate) fn wire_size(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|v| name.len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n\r\n".len() + lines
+}
+
 /// Whether `name` is one of the server's own `Nats-` headers. Compared as
 /// bytes: a foreign name may have a multi-byte character where a `str`
 /// slice at a fixed byte index would panic.
