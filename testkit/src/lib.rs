@@ -96,6 +96,8 @@ macro_rules! hostile_input_suite {
             h13_structured_mode => StructuredValid,
             h14_structured_mode_malformed => StructuredMalformed,
             h15_deeply_nested_payload => DeepNesting,
+            h16_body_above_producer_limits => LargeBody,
+            h17_undecodable_body_above_producer_limits => LargeUndecodableBody,
         );
     };
     (@tests $fixture:expr, $rt:tt, $($name:ident => $poison:ident,)*) => {

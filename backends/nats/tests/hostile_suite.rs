@@ -17,4 +17,12 @@ busline_testkit::hostile_input_suite!(Declared::new(common::NatsFixture::new().a
     .with(Poison::AttributeValueNotUtf8, HostileOutcome::MovedAside)
     // async-nats refuses header names outside visible ASCII too; the
     // advisory task writes its letter (`unparseable_message`), not the router.
-    .with(Poison::AttributeNameNotAscii, HostileOutcome::MovedAside));
+    .with(Poison::AttributeNameNotAscii, HostileOutcome::MovedAside)
+    // The server's default max_payload is 1 MiB: it refuses a 2 MiB message
+    // from any client ("Maximum Payload Violation"), so no such poison can
+    // reach a consumer, and a dead letter is never larger than what was read.
+    .with(Poison::LargeBody, HostileOutcome::Refused("max_payload"))
+    .with(
+        Poison::LargeUndecodableBody,
+        HostileOutcome::Refused("max_payload")
+    ));

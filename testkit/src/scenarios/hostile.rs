@@ -56,11 +56,19 @@ pub enum Poison {
     StructuredMalformed,
     /// A JSON payload nested 100,000 levels deep.
     DeepNesting,
+    /// A valid event with a 2 MiB body: above librdkafka's default producer
+    /// limit (`message.max.bytes` 1,000,000) and NATS's default
+    /// `max_payload` (1 MiB), below what consumers fetch.
+    LargeBody,
+    /// A 2 MiB body that does not decode: its dead letter is as large as the
+    /// poison, so a backend whose producer cannot write it must write a
+    /// letter that fits instead of retrying.
+    LargeUndecodableBody,
 }
 
 impl Poison {
     /// Every poison, in the order the suite runs them.
-    pub const ALL: [Poison; 15] = [
+    pub const ALL: [Poison; 17] = [
         Poison::ForeignNameNotUtf8,
         Poison::ForeignValueNotUtf8,
         Poison::AttributeNameNotUtf8,
@@ -76,6 +84,8 @@ impl Poison {
         Poison::StructuredValid,
         Poison::StructuredMalformed,
         Poison::DeepNesting,
+        Poison::LargeBody,
+        Poison::LargeUndecodableBody,
     ];
 
     /// Whether the poison is in the envelope's own attributes, so that its
@@ -102,9 +112,9 @@ impl Poison {
         use HostileOutcome::*;
         match self {
             Poison::ForeignNameNotUtf8 | Poison::ForeignValueNotUtf8 => Handled,
-            Poison::LargeHeader | Poison::StructuredValid => Handled,
+            Poison::LargeHeader | Poison::StructuredValid | Poison::LargeBody => Handled,
             Poison::UnknownContentType | Poison::MalformedContentType => DeadLettered("unknown_content_type"),
-            Poison::DeepNesting => DeadLettered("undecodable_payload"),
+            Poison::DeepNesting | Poison::LargeUndecodableBody => DeadLettered("undecodable_payload"),
             _ => DeadLettered("malformed_envelope"),
         }
     }
@@ -129,6 +139,9 @@ pub enum HostileOutcome {
 /// The note the poison's ping carries, so a handled poison shows its data
 /// arrived intact.
 const POISON_NOTE: &str = "poison between 1 and 3";
+
+/// The padding of the large-body poisons: 2 MiB.
+const LARGE_BODY: usize = 2 * 1024 * 1024;
 
 /// Scenario 18 for one poison.
 pub async fn hostile_input(fixture: &dyn BusFixture, poison: Poison) {
@@ -285,6 +298,18 @@ pub fn poison_message(poison: Poison, dialect: &HeaderDialect, event: &RawEvent)
                 "[".repeat(depth),
                 "]".repeat(depth)
             ));
+        }
+        Poison::LargeBody | Poison::LargeUndecodableBody => {
+            // The padding is a field `Ping` ignores, so a handled poison
+            // still shows its note intact; cut short, it is not JSON.
+            let mut json = format!(
+                "{{\"seq\":2,\"note\":\"{POISON_NOTE}\",\"padding\":\"{}",
+                "x".repeat(LARGE_BODY)
+            );
+            if poison == Poison::LargeBody {
+                json.push_str("\"}");
+            }
+            body = Bytes::from(json);
         }
         _ => {}
     }

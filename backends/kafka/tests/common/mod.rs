@@ -124,8 +124,10 @@ impl BusFixture for KafkaFixture {
         bus.ensure_topic(topic).await.map_err(|e| e.to_string())?;
         busline_core::EventBus::shutdown(&bus).await;
         // Through librdkafka's C API: header names are written as the bytes
-        // given, UTF-8 or not.
-        let config = self.plain_config();
+        // given, UTF-8 or not. A foreign producer may have raised its size
+        // limit (librdkafka's default is 1,000,000 bytes).
+        let mut config = self.plain_config();
+        config.set("message.max.bytes", "10000000");
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             raw::produce(
