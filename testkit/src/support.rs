@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use busline_core::{Context, DomainEvent, Event, Handler, HandlerError};
+use busline_core::{
+    dead_letter_topic, Bus, Context, DomainEvent, Event, Handler, HandlerError, SubscribeOptions,
+    Subscription,
+};
 use tokio::sync::Notify;
 
 /// How long the suite waits for anything before it fails, saying what it
@@ -39,6 +42,20 @@ pub async fn eventually(limit: Duration, what: &str, condition: impl Fn() -> boo
         }
     })
     .await
+}
+
+/// The dead letters of `group` on `topic`: a subscription to
+/// `<topic>.<group>.dlq` as `group`, the way an operator reads them.
+/// Panics if the subscription is refused.
+pub async fn dead_letters(bus: &Bus, topic: &str, group: &str) -> Subscription {
+    let dlq = dead_letter_topic(topic, group);
+    within(
+        WAIT,
+        &format!("a subscription to {dlq}"),
+        bus.subscribe(&dlq, group, SubscribeOptions::default()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("subscribe to {dlq}: {e}"))
 }
 
 /// A list that tests append to from handlers and wait on.

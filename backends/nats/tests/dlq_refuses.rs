@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::{Config, DiscardPolicy};
 use busline_core::dead_letter::attr as dl;
-use busline_core::{dead_letter_topic, Context, DomainEvent, HandlerError, Router, SubscribeOptions};
+use busline_core::{dead_letter_topic, Context, DomainEvent, HandlerError, Router};
 use busline_nats::TopicNames;
 use busline_testkit::events::Ping;
-use busline_testkit::support::{eventually, unique, within, WAIT};
+use busline_testkit::support::{dead_letters, eventually, unique, within, WAIT};
 use busline_testkit::BusFixture;
 use common::NatsFixture;
 use futures::StreamExt;
@@ -80,14 +80,7 @@ async fn a_refused_dead_letter_is_retried_with_a_growing_delay() {
 
     // The DLQ takes writes again: the next delivery's letter is stored.
     full.purge().await.unwrap();
-    let mut letters = bus
-        .subscribe(
-            &dead_letter_topic(&topic, &group),
-            &group,
-            SubscribeOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut letters = dead_letters(&bus, &topic, &group).await;
     let d = within(WAIT, "the letter once the DLQ has room", letters.next())
         .await
         .unwrap()

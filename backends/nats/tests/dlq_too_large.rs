@@ -7,9 +7,9 @@
 mod common;
 
 use busline_core::dead_letter::attr as dl;
-use busline_core::{dead_letter_topic, Context, DomainEvent, HandlerError, Router, SubscribeOptions};
+use busline_core::{Context, DomainEvent, HandlerError, Router};
 use busline_testkit::events::Ping;
-use busline_testkit::support::{unique, within, WAIT};
+use busline_testkit::support::{dead_letters, unique, within, WAIT};
 use busline_testkit::BusFixture;
 use common::NatsFixture;
 use futures::StreamExt;
@@ -34,14 +34,7 @@ async fn a_letter_above_max_payload_is_written_cut_as_too_large() {
     ping.note = "x".repeat(limit - 1500);
     let id = bus.publish(&topic, ping).await.unwrap();
 
-    let mut letters = bus
-        .subscribe(
-            &dead_letter_topic(&topic, &group),
-            &group,
-            SubscribeOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut letters = dead_letters(&bus, &topic, &group).await;
     let d = within(WAIT, "the letter of the event", letters.next())
         .await
         .expect("the DLQ stream ended")

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use busline_core::dead_letter::attr as dl;
-use busline_core::{dead_letter_topic, Bus, BusConfig, DomainEvent, RetryPolicy, Router, SubscribeOptions};
+use busline_core::{dead_letter_topic, Bus, BusConfig, DomainEvent, RetryPolicy, Router};
 use busline_nats::{NatsConfig, TopicNames, MAX_DELIVER_MARGIN};
 use busline_testkit::events::Ping;
-use busline_testkit::support::{eventually, recorder, unique, within, Collector, WAIT};
+use busline_testkit::support::{dead_letters, eventually, recorder, unique, within, Collector, WAIT};
 use busline_testkit::{test_settings, BusFixture};
 use common::{raw, test_config, NatsFixture};
 use futures::StreamExt;
@@ -32,14 +32,7 @@ async fn a_non_ascii_header_name_is_dead_lettered_and_the_consumer_goes_on() {
         .start()
         .await
         .unwrap();
-    let mut dlq = bus
-        .subscribe(
-            &dead_letter_topic(&topic, &group),
-            &group,
-            SubscribeOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut dlq = dead_letters(&bus, &topic, &group).await;
 
     // No ce-id: the router dead-letters it as a malformed envelope, and
     // writing the letter copies the odd name.
@@ -165,14 +158,7 @@ async fn header_bytes_that_are_not_utf8_are_moved_aside_and_the_events_around_th
 
     // Subscribed first: a JetStream API request in flight when the poison
     // drops the connection gets no reply.
-    let mut dlq = bus
-        .subscribe(
-            &dead_letter_topic(&topic, &group),
-            &group,
-            SubscribeOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut dlq = dead_letters(&bus, &topic, &group).await;
     let got = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
         .on::<Ping, _>(&topic, recorder(&got))

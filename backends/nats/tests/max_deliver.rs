@@ -7,13 +7,10 @@ mod common;
 use std::time::Duration;
 
 use busline_core::dead_letter::attr as dl;
-use busline_core::{
-    dead_letter_topic, Bus, BusConfig, ConfigError, Context, DomainEvent, HandlerError, RetryPolicy, Router,
-    SubscribeOptions,
-};
+use busline_core::{Bus, BusConfig, ConfigError, Context, DomainEvent, HandlerError, RetryPolicy, Router};
 use busline_nats::{consumer_name, NatsBus, NatsConfig, TopicNames, MAX_DELIVER_MARGIN};
 use busline_testkit::events::Ping;
-use busline_testkit::support::{eventually, unique, within, WAIT};
+use busline_testkit::support::{dead_letters, eventually, unique, within, WAIT};
 use busline_testkit::test_settings;
 use common::{test_config, NatsFixture};
 use futures::StreamExt;
@@ -105,14 +102,7 @@ async fn retries_that_outlast_the_servers_deliveries_still_end_in_the_dlq() {
     assert_eq!(max_deliver, 2 + MAX_DELIVER_MARGIN);
     let bus = Bus::new(nats.clone(), test_settings().with_retry(retry(20)));
     let (topic, group) = (unique("maxdeliver.outlast"), unique("g"));
-    let mut dlq = bus
-        .subscribe(
-            &dead_letter_topic(&topic, &group),
-            &group,
-            SubscribeOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut dlq = dead_letters(&bus, &topic, &group).await;
     let router = Router::new(bus.clone(), &group)
         .on::<Ping, _>(&topic, |_e: DomainEvent<Ping>, _ctx: Context| async move {
             Err::<(), _>(HandlerError::retryable("the gateway is down"))
