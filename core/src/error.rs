@@ -220,6 +220,13 @@ pub enum ConsumeErrorKind {
     Connection,
     /// The bus was shut down.
     Closed,
+    /// The broker keeps sending a message the client library cannot parse
+    /// (e.g. a header name that is not UTF-8 for lapin), and each time the
+    /// client drops its connection: the subscription gave up after a
+    /// bounded number of such losses in a row instead of reconnecting
+    /// forever. The message is still in the queue; the backend's
+    /// documentation says how to move it aside.
+    Unparseable,
     /// Anything else the broker client reported.
     Other,
 }
@@ -229,6 +236,7 @@ impl fmt::Display for ConsumeErrorKind {
         f.write_str(match self {
             Self::Connection => "connection failed",
             Self::Closed => "the bus is shut down",
+            Self::Unparseable => "a message the client cannot parse blocks the queue",
             Self::Other => "broker error",
         })
     }
