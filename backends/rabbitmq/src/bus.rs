@@ -1,6 +1,6 @@
 //! `RabbitBus`: the `EventBus` of the RabbitMQ backend.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use busline_core::{
     async_trait, Capabilities, EventBus, PublishError, PublishErrorKind, RawEvent, SubscribeError,
@@ -14,12 +14,18 @@ use crate::config::RabbitConfig;
 use crate::connection::{Link, LinkError, LinkOptions};
 use crate::consumer::Member;
 use crate::headers;
+use crate::losses::LossPolicy;
 use crate::publisher::{Failure, Outgoing, Publisher};
+use crate::stats::{Counters, RabbitStats};
 use crate::topology::{self, Topology, TopologyError};
 
 /// A connection to RabbitMQ: one AMQP connection for publishing (a pool of
-/// confirm channels) and one for consuming (a channel per subscription),
-/// each reconnected with backoff when lost. Cloning shares it.
+/// confirm channels), one for declaring topology, and one per subscription
+/// for its consumer, each reconnected with backoff when lost. A
+/// subscription has a connection of its own because lapin drops a whole
+/// connection on a frame it cannot parse: a message a foreign producer
+/// wrote with a header name that is not UTF-8 then costs only the consumer
+/// it was sent to. Cloning shares it.
 #[derive(Clone)]
 pub struct RabbitBus {
     inner: Arc<Inner>,
@@ -27,8 +33,16 @@ pub struct RabbitBus {
 
 struct Inner {
     config: RabbitConfig,
+    /// With its password: member connections are made from it.
+    url: String,
+    redacted: String,
     publish_link: Arc<Link>,
+    /// Declarations (`provision`, redeclaring after a returned copy); no
+    /// consumer runs on it, so no message can break it.
     consume_link: Arc<Link>,
+    /// The connections of the subscriptions, closed on shutdown.
+    members: Mutex<Vec<Weak<Link>>>,
+    counters: Arc<Counters>,
     publisher: Arc<Publisher>,
     topology: Arc<Topology>,
     closed: watch::Sender<bool>,
@@ -49,8 +63,11 @@ impl RabbitBus {
     /// Connects to the broker at `url` (`amqp://` or `amqps://`, credentials
     /// and vhost in the URL), naming its connections `connection_name`.
     /// Fails if the broker cannot be reached now; later losses are
-    /// reconnected.
+    /// reconnected. A derived `delivery_limit` (`0`) is resolved for the
+    /// default retry policy ([`connect`](crate::connect) resolves it for the
+    /// configured one).
     pub async fn connect(url: &str, connection_name: &str, config: RabbitConfig) -> Result<Self, String> {
+        let config = config.resolved(busline_core::RetryPolicy::default().max_attempts);
         let redacted = busline_core::BrokerUrl::new(url).redacted();
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("amqp" | "amqps")) {
@@ -70,7 +87,7 @@ impl RabbitBus {
                 .map_err(|e| format!("`{redacted}`: {e}"))
         };
         let publish_link = link("publish")?;
-        let consume_link = link("consume")?;
+        let consume_link = link("topology")?;
         // Fail now on a wrong host or credentials rather than at the first
         // publish.
         publish_link.connection().await.map_err(|e| e.to_string())?;
@@ -83,10 +100,16 @@ impl RabbitBus {
         ));
         Ok(Self {
             inner: Arc::new(Inner {
-                topology: Arc::new(Topology::new(config.queue_type)),
+                topology: Arc::new(
+                    Topology::new(config.queue_type).with_delivery_limit(config.delivery_limit),
+                ),
                 config,
+                url: url.to_owned(),
+                redacted,
                 publish_link,
                 consume_link,
+                members: Mutex::default(),
+                counters: Arc::default(),
                 publisher,
                 closed,
                 connection_name: connection_name.to_owned(),
@@ -95,7 +118,7 @@ impl RabbitBus {
     }
 
     /// The name its connections show in the management UI, followed by
-    /// ` (publish)` or ` (consume)`.
+    /// ` (publish)`, ` (topology)` or, one per subscription, ` (consume)`.
     pub fn connection_name(&self) -> &str {
         &self.inner.connection_name
     }
@@ -105,8 +128,37 @@ impl RabbitBus {
         &self.inner.config
     }
 
+    /// What its consumers have seen so far: connection losses, losses to
+    /// messages lapin cannot parse, messages seen parked.
+    pub fn stats(&self) -> RabbitStats {
+        self.inner.counters.snapshot()
+    }
+
     fn is_closed(&self) -> bool {
         *self.inner.closed.borrow()
+    }
+
+    /// A connection of its own for one subscription's consumer.
+    fn member_link(&self) -> Result<Arc<Link>, String> {
+        let c = &self.inner.config;
+        let options = LinkOptions {
+            name: format!("{} (consume)", self.inner.connection_name),
+            heartbeat: c.heartbeat,
+            min_backoff: c.reconnect_min_backoff,
+            max_backoff: c.reconnect_max_backoff,
+            connect_timeout: c.connect_timeout,
+        };
+        let inner = &self.inner;
+        let link = Arc::new(Link::new(
+            &inner.url,
+            inner.redacted.clone(),
+            options,
+            inner.closed.clone(),
+        )?);
+        let mut members = inner.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.retain(|m| m.strong_count() > 0);
+        members.push(Arc::downgrade(&link));
+        Ok(link)
     }
 
     fn publish_error(&self, topic: &str, failure: Failure) -> PublishError {
@@ -183,7 +235,7 @@ impl RabbitBus {
             TopologyError::InvalidName(_) => SubscribeErrorKind::InvalidName,
             TopologyError::Link(LinkError::Closed) => SubscribeErrorKind::Closed,
             TopologyError::Link(LinkError::Connect(_)) => SubscribeErrorKind::Connection,
-            TopologyError::Broker(_) => SubscribeErrorKind::Topology,
+            TopologyError::Broker(_) | TopologyError::Mismatch { .. } => SubscribeErrorKind::Topology,
         };
         SubscribeError::new(kind, topic).with_source(e)
     }
@@ -259,8 +311,19 @@ impl EventBus for RabbitBus {
         let names = topology::queue_name(topic, group)
             .and_then(|q| Ok((q, topology::retry_queue_name(topic, group)?)))
             .map_err(|e| Self::subscribe_error(topic, e))?;
+        let parking = match self.inner.config.queue_type {
+            crate::QueueType::Quorum => Some(
+                topology::unparseable_queue_name(topic, group)
+                    .map_err(|e| Self::subscribe_error(topic, e))?,
+            ),
+            crate::QueueType::Classic => None,
+        };
+        let link = self
+            .member_link()
+            .map_err(|e| SubscribeError::new(SubscribeErrorKind::Connection, topic).with_source(e))?;
+        let config = &self.inner.config;
         let member = Member {
-            link: self.inner.consume_link.clone(),
+            link,
             topology: self.inner.topology.clone(),
             group_name: group.into(),
             group: Arc::new(GroupContext {
@@ -274,7 +337,14 @@ impl EventBus for RabbitBus {
                 operation_timeout: self.inner.config.operation_timeout,
                 closed: self.inner.closed.subscribe(),
             }),
-            prefetch: self.inner.config.prefetch_for(options.max_in_flight),
+            prefetch: config.prefetch_for(options.max_in_flight),
+            losses: LossPolicy {
+                max_unparseable: config.max_unparseable_losses,
+                min_backoff: config.reconnect_min_backoff,
+                max_backoff: config.reconnect_max_backoff,
+            },
+            parking,
+            counters: self.inner.counters.clone(),
         };
         member.start().await.map_err(|e| {
             let kind = if self.is_closed() {
@@ -295,9 +365,17 @@ impl EventBus for RabbitBus {
         // answer (a frozen network) must not hold shutdown.
         let limit = self.inner.config.shutdown_timeout;
         let deadline = tokio::time::Instant::now() + limit;
+        let members: Vec<Arc<Link>> = {
+            let members = self.inner.members.lock().unwrap_or_else(|p| p.into_inner());
+            members.iter().filter_map(Weak::upgrade).collect()
+        };
         let closing = async {
             self.inner.publisher.close(limit / 2).await;
-            futures::join!(self.inner.publish_link.close(), self.inner.consume_link.close());
+            futures::join!(
+                self.inner.publish_link.close(),
+                self.inner.consume_link.close(),
+                futures::future::join_all(members.iter().map(|m| m.close())),
+            );
         };
         if tokio::time::timeout_at(deadline, closing).await.is_err() {
             tracing::warn!(connection = %self.inner.connection_name, ?limit, "shutdown deadline passed; connections abandoned");

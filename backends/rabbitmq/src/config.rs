@@ -5,14 +5,28 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The kind of queue a group gets.
+///
+/// The default is [`Quorum`](QueueType::Quorum): it is the only queue type
+/// in which a message the client library cannot parse leaves the queue by
+/// itself (see [`RabbitConfig::delivery_limit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
-    /// Classic durable queues (the default): fast, on one node.
-    #[default]
+    /// Classic durable queues: on one node, cheapest per queue. They have
+    /// no delivery limit, so a message lapin cannot parse stays at the
+    /// head of the queue: the subscription gives up after
+    /// [`RabbitConfig::max_unparseable_losses`] losses in a row with
+    /// `ConsumeErrorKind::Unparseable`, and an operator has to remove the
+    /// message (`rabbitmqctl purge_queue`, or a get-and-reject in the
+    /// management UI).
     Classic,
-    /// Quorum queues: replicated across a cluster (Raft). Retry queues use
-    /// at-least-once dead-lettering, so delayed retries survive a node loss.
+    /// Quorum queues (the default): replicated across a cluster (Raft),
+    /// and with a delivery limit (`x-delivery-limit`), after which the
+    /// broker moves a message the client cannot parse into the group's
+    /// parking queue `<topic>::<group>::unparseable`. Retry queues use
+    /// at-least-once dead-lettering, so delayed retries survive a node
+    /// loss.
+    #[default]
     Quorum,
 }
 
@@ -40,9 +54,13 @@ impl QueueType {
 /// ```
 ///
 /// TLS is chosen by the URL: `amqps://` connects with rustls and the
-/// platform's trust store. Changing `queue_type` for a group that already
-/// exists makes the broker refuse the declaration (`PRECONDITION_FAILED`):
-/// the queue must be deleted or a new group used.
+/// platform's trust store. Changing `queue_type` (or `delivery_limit`) for a
+/// group that already exists makes the broker refuse the declaration
+/// (`PRECONDITION_FAILED`); `subscribe` and `provision` then fail with
+/// `SubscribeErrorKind::Topology` and an error naming the queue and the
+/// setting. Keep the setting the queue was made with (groups made before
+/// quorum became the default are classic: `queue_type = "classic"`), or
+/// delete the queue (its messages with it) or use a new group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RabbitConfig {
@@ -51,6 +69,37 @@ pub struct RabbitConfig {
     pub prefetch: Option<u16>,
     /// Kind of the group, retry and dead-letter queues declared.
     pub queue_type: QueueType,
+    /// Times the broker takes one message back unsettled before it gives
+    /// up on it (a quorum queue's `x-delivery-limit`; classic queues have
+    /// none). The broker takes a message back when the consumer's
+    /// connection is lost with it in flight, or when it is dropped
+    /// undecided; retries are new copies and start from zero. Once the
+    /// count passes the limit (on RabbitMQ 3.10.8: at the
+    /// `delivery_limit + 1`-th loss) the broker moves the message into the
+    /// group's parking queue `<topic>::<group>::unparseable`. That is how a
+    /// message lapin cannot parse (a header name or `content_type` that is
+    /// not UTF-8: each delivery of it drops the consumer's connection)
+    /// leaves the queue. `0`, the default, derives it from the bus's retry
+    /// policy: `max_attempts` + [`DELIVERY_LIMIT_MARGIN`], so a readable
+    /// event that broker restarts or network faults caught in flight
+    /// still gets the router's attempts before the broker parks it.
+    ///
+    /// busline cannot read a parked message either; it counts and warns
+    /// about what it sees parked ([`RabbitBus::stats`](crate::RabbitBus::stats)).
+    /// An operator inspects it with the management UI ("Get messages" on
+    /// the parking queue, which shows the headers) or `rabbitmqadmin get
+    /// queue=<topic>::<group>::unparseable`, and removes it with
+    /// `rabbitmqctl purge_queue`.
+    pub delivery_limit: u32,
+    /// Connection losses in a row, each caused by a frame lapin cannot
+    /// parse and with no delivery in between, after which a subscription
+    /// gives up with `ConsumeErrorKind::Unparseable` (the router fails,
+    /// `RunningRouter::health()` shows it) instead of reconnecting again.
+    /// `0`, the default, derives it: on quorum queues `delivery_limit` + 3
+    /// (the broker parks the message after `delivery_limit` + 1 losses, so
+    /// a subscription only gives up when parking did not happen), on
+    /// classic queues 3.
+    pub max_unparseable_losses: u32,
     /// Publisher channels per connection. Publishes are spread over them and
     /// their confirmations are awaited outside any lock, so concurrent
     /// publishers do not wait for each other's confirmations.
@@ -101,7 +150,9 @@ impl Default for RabbitConfig {
     fn default() -> Self {
         Self {
             prefetch: None,
-            queue_type: QueueType::Classic,
+            queue_type: QueueType::Quorum,
+            delivery_limit: 0,
+            max_unparseable_losses: 0,
             publisher_channels: 4,
             heartbeat: Duration::from_secs(30),
             connection_name: None,
@@ -116,7 +167,28 @@ impl Default for RabbitConfig {
     }
 }
 
+/// Deliveries the derived [`RabbitConfig::delivery_limit`] allows beyond
+/// the retry policy's `max_attempts`: a delivery lost in transit (a broker
+/// restart, a network fault) still leaves the router its attempts.
+pub const DELIVERY_LIMIT_MARGIN: u32 = 2;
+
 impl RabbitConfig {
+    /// This configuration with a derived `delivery_limit` and
+    /// `max_unparseable_losses` (`0`) resolved for a retry policy of
+    /// `max_attempts`.
+    pub(crate) fn resolved(mut self, max_attempts: u32) -> Self {
+        if self.delivery_limit == 0 {
+            self.delivery_limit = max_attempts.max(1).saturating_add(DELIVERY_LIMIT_MARGIN);
+        }
+        if self.max_unparseable_losses == 0 {
+            self.max_unparseable_losses = match self.queue_type {
+                QueueType::Quorum => self.delivery_limit.saturating_add(3),
+                QueueType::Classic => 3,
+            };
+        }
+        self
+    }
+
     /// The prefetch of a consumer asking for `max_in_flight`.
     pub(crate) fn prefetch_for(&self, max_in_flight: usize) -> u16 {
         let wanted = u16::try_from(max_in_flight.max(1)).unwrap_or(u16::MAX);
@@ -143,6 +215,7 @@ mod tests {
         assert_eq!(rabbit.heartbeat, Duration::from_secs(10));
         assert!(rabbit.mandatory);
         assert_eq!(rabbit.publisher_channels, 4);
+        assert_eq!(RabbitConfig::default().queue_type, QueueType::Quorum);
         assert!(
             busline_core::BusConfig::from_toml_str("[rabbitmq]\nprefetchh = 1")
                 .unwrap()
@@ -161,5 +234,25 @@ mod tests {
         c.prefetch = Some(10);
         assert_eq!(c.prefetch_for(64), 10);
         assert_eq!(c.prefetch_for(4), 4);
+    }
+
+    #[test]
+    fn delivery_limit_and_unparseable_losses_are_derived() {
+        let quorum = RabbitConfig::default().resolved(5);
+        assert_eq!(quorum.delivery_limit, 5 + DELIVERY_LIMIT_MARGIN);
+        assert_eq!(quorum.max_unparseable_losses, quorum.delivery_limit + 3);
+        let classic = RabbitConfig {
+            queue_type: QueueType::Classic,
+            ..RabbitConfig::default()
+        }
+        .resolved(5);
+        assert_eq!(classic.max_unparseable_losses, 3);
+        let set = RabbitConfig {
+            delivery_limit: 2,
+            max_unparseable_losses: 9,
+            ..RabbitConfig::default()
+        }
+        .resolved(5);
+        assert_eq!((set.delivery_limit, set.max_unparseable_losses), (2, 9));
     }
 }

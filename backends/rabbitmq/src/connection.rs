@@ -194,6 +194,22 @@ impl Link {
         }
     }
 
+    /// Forgets `live` if it is still the current connection: a call on it
+    /// got no answer, and a connection whose I/O has stopped can still say
+    /// it is connected, which would hand it out forever. The next
+    /// `connection()` makes a new one; the old one closes (in lapin's
+    /// background) once its last channel is dropped.
+    pub(crate) async fn discard(&self, live: &Live) {
+        let mut state = self.state.lock().await;
+        if state
+            .live
+            .as_ref()
+            .is_some_and(|l| l.generation == live.generation)
+        {
+            state.live = None;
+        }
+    }
+
     /// Closes the connection (the bus is shutting down; `closed` is set).
     pub(crate) async fn close(&self) {
         let live = self.state.lock().await.live.take();

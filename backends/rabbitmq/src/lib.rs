@@ -5,13 +5,30 @@
 //! with `#`; a retry queue `<topic>::<group>::retry` whose messages expire
 //! after their retry delay and dead-letter back into the group's queue; and
 //! the group's dead-letter topic `<topic>.<group>.dlq`, itself an exchange
-//! with a queue for the same group, readable with the same API.
+//! with a queue for the same group, readable with the same API. Group
+//! queues are quorum queues by default ([`QueueType`]), with a delivery
+//! limit and a parking queue `<topic>::<group>::unparseable` (below).
 //!
 //! The envelope travels as CloudEvents `cloudEvents_` headers plus the
 //! native properties `message_id`, `correlation_id`, `content_type`,
 //! `timestamp`, `type`, `app_id`, persistent. Publishes wait for publisher
 //! confirms; consumers use prefetch = the subscription's in-flight bound;
 //! lost connections are re-established with backoff and consumers resume.
+//! Each subscription consumes on a connection of its own.
+//!
+//! Messages lapin cannot parse: a foreign producer can write a header-table
+//! key or a `content_type` that is not UTF-8; lapin fails to parse the frame
+//! and drops the connection, and the broker sends the message again. The
+//! consumer reconnects with a growing, jittered delay and at prefetch 1 (so
+//! the messages behind the poison are not counted with it). On a quorum
+//! queue the broker moves the message into `<topic>::<group>::unparseable`
+//! after [`RabbitConfig::delivery_limit`] deliveries, busline warns and
+//! counts it ([`RabbitBus::stats`]) and consumption goes on. On a classic
+//! queue, which has no delivery limit, the subscription gives up after
+//! [`RabbitConfig::max_unparseable_losses`] losses in a row with
+//! `ConsumeErrorKind::Unparseable`: the router fails and its health says
+//! why. Either way the reconnects are bounded, and the publisher and the
+//! other subscriptions keep their connections.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), busline_core::ConfigError> {
@@ -28,11 +45,14 @@ mod config;
 mod connection;
 mod consumer;
 mod headers;
+mod losses;
 mod publisher;
+mod stats;
 mod topology;
 
 pub use bus::RabbitBus;
-pub use config::{QueueType, RabbitConfig};
+pub use config::{QueueType, RabbitConfig, DELIVERY_LIMIT_MARGIN};
+pub use stats::RabbitStats;
 
 use busline_core::{Bus, BusConfig, BusSettings, ConfigError};
 
@@ -41,7 +61,10 @@ use busline_core::{Bus, BusConfig, BusSettings, ConfigError};
 /// ([`RabbitConfig`]).
 pub async fn connect(config: &BusConfig) -> Result<Bus, ConfigError> {
     let settings = BusSettings::from_config(config)?;
-    let rabbit: RabbitConfig = config.rabbitmq.parse("rabbitmq")?;
+    let rabbit = config
+        .rabbitmq
+        .parse::<RabbitConfig>("rabbitmq")?
+        .resolved(settings.retry.max_attempts);
     let scheme = config.url.scheme();
     if scheme != "amqp" && scheme != "amqps" {
         return Err(ConfigError::InvalidUrl {

@@ -24,6 +24,13 @@ pub(crate) enum TopologyError {
     /// The broker refused a declaration (e.g. a queue of another type
     /// exists) or the channel failed.
     Broker(lapin::Error),
+    /// A group queue exists with other arguments than this configuration
+    /// declares (`PRECONDITION_FAILED`), typically another queue type.
+    Mismatch {
+        queue: String,
+        queue_type: QueueType,
+        broker: String,
+    },
 }
 
 impl std::fmt::Display for TopologyError {
@@ -32,6 +39,18 @@ impl std::fmt::Display for TopologyError {
             TopologyError::InvalidName(n) => write!(f, "invalid name: {n}"),
             TopologyError::Link(e) => e.fmt(f),
             TopologyError::Broker(e) => write!(f, "declaration refused: {e}"),
+            TopologyError::Mismatch {
+                queue,
+                queue_type,
+                broker,
+            } => write!(
+                f,
+                "queue `{queue}` exists with other arguments than `[rabbitmq] queue_type = \"{}\"` declares \
+                 (the broker said: {broker}); set `queue_type` to the type the queue was made with \
+                 (groups made before quorum became the default are \"classic\"), \
+                 or delete the queue (with its messages) or use a new group",
+                queue_type.as_str()
+            ),
         }
     }
 }
@@ -64,6 +83,12 @@ pub(crate) fn retry_queue_name(topic: &str, group: &str) -> Result<ShortString, 
     named(format!("{topic}::{group}::retry"))
 }
 
+/// The parking queue of `group` on `topic`: `<topic>::<group>::unparseable`,
+/// where a quorum group queue moves a message past its delivery limit.
+pub(crate) fn unparseable_queue_name(topic: &str, group: &str) -> Result<ShortString, TopologyError> {
+    named(format!("{topic}::{group}::unparseable"))
+}
+
 fn named(name: String) -> Result<ShortString, TopologyError> {
     if name.starts_with("amq.") {
         return Err(TopologyError::InvalidName(format!(
@@ -81,6 +106,8 @@ fn text(value: &str) -> AMQPValue {
 /// Declares what this process has used, once per connection generation.
 pub(crate) struct Topology {
     queue_type: QueueType,
+    /// `x-delivery-limit` of quorum group queues.
+    delivery_limit: u32,
     /// (generation, exchanges declared on it).
     exchanges: Mutex<(u64, HashSet<String>)>,
     /// (generation, (topic, group) pairs provisioned on it).
@@ -91,9 +118,17 @@ impl Topology {
     pub(crate) fn new(queue_type: QueueType) -> Self {
         Self {
             queue_type,
+            delivery_limit: crate::config::DELIVERY_LIMIT_MARGIN
+                + busline_core::RetryPolicy::default().max_attempts,
             exchanges: Mutex::default(),
             groups: Mutex::default(),
         }
+    }
+
+    /// Sets the `x-delivery-limit` of quorum group queues.
+    pub(crate) fn with_delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = limit.max(1);
+        self
     }
 
     fn seen<T: std::hash::Hash + Eq>(cache: &Mutex<(u64, HashSet<T>)>, generation: u64, item: &T) -> bool {
@@ -189,21 +224,7 @@ impl Topology {
         let queue = queue_name(topic, group)?;
         let retry = retry_queue_name(topic, group)?;
         declare_exchange(channel, exchange.clone()).await?;
-
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), text(self.queue_type.as_str()));
-        // A message the broker itself gives up on (a quorum queue's delivery
-        // limit, a reject without requeue by another client) lands in the
-        // group's DLQ instead of vanishing. Every group queue has the same
-        // argument, so redeclaring the DLQ's own group queue never conflicts.
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            text(&dead_letter_topic(topic, group)),
-        );
-        channel
-            .queue_declare(queue.clone(), QueueDeclareOptions::durable(), args)
-            .await
-            .map_err(TopologyError::Broker)?;
+        self.declare_group_queue(channel, topic, group, &queue).await?;
         channel
             .queue_bind(
                 queue.clone(),
@@ -232,6 +253,76 @@ impl Topology {
             .queue_declare(retry, QueueDeclareOptions::durable(), args)
             .await
             .map_err(TopologyError::Broker)?;
+        Ok(())
+    }
+}
+
+impl Topology {
+    /// The group's own queue, and on quorum queues its parking queue.
+    ///
+    /// Quorum: after `delivery_limit` deliveries taken back unsettled the
+    /// broker dead-letters a message (at least once) through the default
+    /// exchange into `<topic>::<group>::unparseable`. That is how a message
+    /// lapin cannot parse leaves the queue: every delivery of it drops the
+    /// consumer's connection, which the broker counts. It goes to a queue
+    /// busline never consumes, not to the group's DLQ, whose consumers
+    /// would die on it in turn.
+    ///
+    /// Classic: no delivery limit exists; a message the broker gives up on
+    /// (a reject without requeue by another client) goes to the group's
+    /// DLQ topic, as it always did, so classic queues made by earlier
+    /// versions are redeclared unchanged.
+    async fn declare_group_queue(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        group: &str,
+        queue: &ShortString,
+    ) -> Result<(), TopologyError> {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text(self.queue_type.as_str()));
+        let parking = match self.queue_type {
+            QueueType::Classic => {
+                args.insert(
+                    "x-dead-letter-exchange".into(),
+                    text(&dead_letter_topic(topic, group)),
+                );
+                None
+            }
+            QueueType::Quorum => {
+                let parking = unparseable_queue_name(topic, group)?;
+                args.insert(
+                    "x-delivery-limit".into(),
+                    AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+                );
+                args.insert("x-dead-letter-exchange".into(), text(""));
+                args.insert("x-dead-letter-routing-key".into(), text(parking.as_str()));
+                // At-least-once dead-lettering needs reject-publish; without
+                // a length limit it never rejects anything.
+                args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+                args.insert("x-overflow".into(), text("reject-publish"));
+                Some(parking)
+            }
+        };
+        channel
+            .queue_declare(queue.clone(), QueueDeclareOptions::durable(), args)
+            .await
+            .map_err(|e| match e.kind() {
+                lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => TopologyError::Mismatch {
+                    queue: queue.to_string(),
+                    queue_type: self.queue_type,
+                    broker: amqp.to_string(),
+                },
+                _ => TopologyError::Broker(e),
+            })?;
+        if let Some(parking) = parking {
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), text(self.queue_type.as_str()));
+            channel
+                .queue_declare(parking, QueueDeclareOptions::durable(), args)
+                .await
+                .map_err(TopologyError::Broker)?;
+        }
         Ok(())
     }
 }
@@ -265,6 +356,10 @@ mod tests {
         assert_eq!(
             retry_queue_name("orders", "billing").unwrap().as_str(),
             "orders::billing::retry"
+        );
+        assert_eq!(
+            unparseable_queue_name("orders", "billing").unwrap().as_str(),
+            "orders::billing::unparseable"
         );
         assert!(exchange_name("").is_err());
         assert!(exchange_name("amq.topic").is_err());

@@ -2,21 +2,22 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod raw;
 
-use std::collections::BTreeMap;
+use std::time::Duration;
 
 use busline_core::wire::HeaderDialect;
 use busline_core::{async_trait, Bus};
 use busline_rabbitmq::{RabbitBus, RabbitConfig};
 use busline_testkit::brokers::{self, Broker, TestBroker};
 use busline_testkit::{test_settings, BusFixture, WireInput};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 
-/// The broker of the test run (env URL or the local default port).
+/// The broker of the test run (env URL or the local default port), and
+/// the tuning of the buses the fixture connects.
 pub struct RabbitFixture {
     pub broker: TestBroker,
+    pub config: RabbitConfig,
 }
 
 impl RabbitFixture {
@@ -24,7 +25,22 @@ impl RabbitFixture {
         let broker = brokers::find(Broker::RabbitMq)
             .await
             .unwrap_or_else(|e| panic!("RabbitMQ tests need a broker: {e}"));
-        Self { broker }
+        Self {
+            broker,
+            config: RabbitConfig::default(),
+        }
+    }
+
+    /// The fixture with classic group queues instead of the default quorum
+    /// queues.
+    pub async fn classic() -> Self {
+        Self {
+            config: RabbitConfig {
+                queue_type: busline_rabbitmq::QueueType::Classic,
+                ..RabbitConfig::default()
+            },
+            ..Self::new().await
+        }
     }
 
     /// A plain lapin connection, as a foreign service would have.
@@ -49,7 +65,7 @@ impl BusFixture for RabbitFixture {
     }
 
     async fn connect(&self) -> Bus {
-        let rabbit = self.rabbit("busline-test", RabbitConfig::default()).await;
+        let rabbit = self.rabbit("busline-test", self.config.clone()).await;
         Bus::new(rabbit, test_settings())
     }
 
@@ -57,47 +73,17 @@ impl BusFixture for RabbitFixture {
         HeaderDialect::AMQP
     }
 
+    /// Writes the message as it is, bytes and all, with the raw AMQP
+    /// client (lapin cannot write a short string that is not UTF-8).
     async fn publish_wire(&self, topic: &str, message: WireInput) -> Result<(), String> {
-        let conn = Connection::connect(&self.broker.url, ConnectionProperties::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let table: BTreeMap<ShortString, AMQPValue> = message
-            .headers
-            .into_iter()
-            .map(|(k, v)| {
-                let k = String::from_utf8(k).map_err(|_| "lapin writes only UTF-8 header names")?;
-                Ok((ShortString::from(k), AMQPValue::LongString(LongString::from(v))))
-            })
-            .collect::<Result<_, String>>()?;
-        let mut props = BasicProperties::default()
-            .with_headers(FieldTable::from(table))
-            .with_delivery_mode(2);
-        if let Some(ct) = message.content_type {
-            props = props.with_content_type(ShortString::from(ct));
-        }
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(topic),
-                ShortString::from(message.event_type),
-                BasicPublishOptions::default(),
-                &message.body,
-                props,
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = conn.close(200, "done".into()).await;
-        if confirm.is_ack() {
-            Ok(())
-        } else {
-            Err(format!("not confirmed: {confirm:?}"))
-        }
+        let message = raw::RawMessage {
+            exchange: topic.to_owned(),
+            routing_key: message.event_type,
+            content_type: message.content_type.map(String::into_bytes),
+            headers: message.headers,
+            body: message.body.to_vec(),
+        };
+        raw::publish(&self.broker.url, &[message], Duration::from_secs(30)).await
     }
 
     async fn restart_broker(&self) -> Option<Result<(), String>> {
