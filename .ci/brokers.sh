@@ -68,10 +68,11 @@ venv="$HOME/.cache/busline-interop-venv"
 "$venv/bin/pip" install --disable-pip-version-check -q -r interop/requirements.txt
 
 bash .ci/nats-restartable.sh start
+bash .ci/nats-cluster.sh start
 bash .ci/rabbitmq-restartable.sh start
 
 # Kafka protocol: tansu, built from crates.io the first time (~15 minutes),
 # then reused from ~/.cargo/bin.
 bash .ci/tansu.sh install
 bash .ci/tansu.sh start
-echo "brokers up: RabbitMQ (own node) 127.0.0.1:5673, NATS 127.0.0.1:4222 (+ restartable on 4223), PostgreSQL 127.0.0.1:5432, tansu 127.0.0.1:9092"
+echo "brokers up: RabbitMQ (own node) 127.0.0.1:5673, NATS 127.0.0.1:4222 (+ restartable on 4223, 3-node cluster on 4231-4233), PostgreSQL 127.0.0.1:5432, tansu 127.0.0.1:9092"

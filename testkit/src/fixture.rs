@@ -50,9 +50,26 @@ pub trait BusFixture: Send + Sync + 'static {
         None
     }
 
-    /// How many events scenario 15 streams across two restarts.
+    /// How many events scenario 15 streams across two restarts (and
+    /// scenario 19 across a failover).
     fn restart_stream_len(&self) -> u64 {
         10_000
+    }
+
+    /// Kills (SIGKILL) the cluster member that leads the storage of `topic`
+    /// (the stream, the quorum queue of `group`, the partition) and returns
+    /// the member's name once it is dead; `None` where the broker under test
+    /// is not a cluster this fixture controls (scenario 19 is then
+    /// skipped, saying so).
+    async fn kill_leader(&self, topic: &str, group: &str) -> Option<Result<String, String>> {
+        let _ = (topic, group);
+        None
+    }
+
+    /// Starts a member [`kill_leader`](Self::kill_leader) killed again and
+    /// returns once the cluster has it back.
+    async fn revive_member(&self, member: &str) -> Result<(), String> {
+        Err(format!("{} cannot revive cluster member {member}", self.name()))
     }
 
     /// What this backend does with a hostile message (scenario 18). The
@@ -181,6 +198,14 @@ impl<F: BusFixture> BusFixture for Declared<F> {
 
     fn restart_stream_len(&self) -> u64 {
         self.fixture.restart_stream_len()
+    }
+
+    async fn kill_leader(&self, topic: &str, group: &str) -> Option<Result<String, String>> {
+        self.fixture.kill_leader(topic, group).await
+    }
+
+    async fn revive_member(&self, member: &str) -> Result<(), String> {
+        self.fixture.revive_member(member).await
     }
 
     fn hostile_outcome(&self, poison: Poison) -> HostileOutcome {

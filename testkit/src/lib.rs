@@ -111,6 +111,20 @@ macro_rules! hostile_input_suite {
     };
 }
 
+/// Expands into the cluster-failover scenario (19) for a fixture whose
+/// broker is a cluster it controls; run it one at a time, apart from the
+/// parallel suite, like the restart scenario.
+#[macro_export]
+macro_rules! cluster_failover_suite {
+    ($fixture:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn s19_cluster_member_killed_mid_stream() {
+            let fixture = $fixture;
+            let _ = $crate::scenarios::cluster_member_killed_mid_stream(&fixture).await;
+        }
+    };
+}
+
 /// Expands into the broker-restart scenario (15) for a fixture; run these
 /// tests one at a time, apart from the parallel suite.
 #[macro_export]

@@ -2,12 +2,14 @@
 //! a [`BusFixture`](crate::BusFixture). [`conformance_suite!`](crate::conformance_suite)
 //! turns them into one test each.
 
+mod cluster;
 mod delivery;
 mod failure;
 mod hostile;
 mod lifecycle;
 mod routing;
 
+pub use cluster::{cluster_member_killed_mid_stream, Failover};
 pub use delivery::{
     concurrent_publishers_and_consumers, envelope_round_trip, groups_fan_out_and_members_share,
     provisioned_group_keeps_events, structured_mode_round_trip, topics_are_isolated,
@@ -50,7 +52,11 @@ pub(crate) struct DlqReader {
 }
 
 impl DlqReader {
-    /// Reads `<topic>.<group>.dlq` as `group`.
+    /// Reads `<topic>.<group>.dlq` as `group`, the name other brokers
+    /// declare a group's DLQ queue under. It is no member of the group's
+    /// main subscriptions: Kafka reads a group's dead-letter topics in a
+    /// consumer group of their own (`<group>.dlq`), so the reader joining
+    /// does not rebalance them.
     pub(crate) async fn start(bus: &Bus, topic: &str, group: &str) -> Self {
         let mut sub = bus
             .subscribe(

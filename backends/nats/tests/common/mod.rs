@@ -19,6 +19,9 @@ pub struct NatsFixture {
     pub url: String,
     pub nats: NatsConfig,
     restart: Option<String>,
+    /// The command that kills (`<command> kill <node>`) and revives
+    /// (`<command> revive <node>`) a member of the cluster at `url`.
+    cluster: Option<String>,
     buses: Mutex<Vec<NatsBus>>,
 }
 
@@ -55,11 +58,29 @@ impl NatsFixture {
         Self::with(url, test_config(), brokers::restart_command(Broker::Nats))
     }
 
+    /// The 3-node cluster of `BUSLINE_TEST_NATS_CLUSTER_URL` (seed URLs),
+    /// streams with 3 replicas, members killed and revived by
+    /// `BUSLINE_TEST_NATS_CLUSTER` (`bash .ci/nats-cluster.sh`); `None`
+    /// when either is unset.
+    pub fn cluster() -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let url = var("BUSLINE_TEST_NATS_CLUSTER_URL")?;
+        let command = var("BUSLINE_TEST_NATS_CLUSTER")?;
+        let nats = NatsConfig {
+            replicas: 3,
+            ..test_config()
+        };
+        let mut fixture = Self::with(url, nats, None);
+        fixture.cluster = Some(command);
+        Some(fixture)
+    }
+
     pub fn with(url: String, nats: NatsConfig, restart: Option<String>) -> Self {
         Self {
             url,
             nats,
             restart,
+            cluster: None,
             buses: Mutex::default(),
         }
     }
@@ -86,9 +107,14 @@ impl NatsFixture {
 
     /// A plain async-nats client.
     pub async fn raw(&self) -> async_nats::Client {
-        async_nats::connect(self.url.trim_start_matches("nats://"))
-            .await
-            .expect("connect plain client")
+        // The URL may list several seed servers (a cluster).
+        let servers: Vec<async_nats::ServerAddr> = self
+            .url
+            .trim_start_matches("nats://")
+            .split(',')
+            .map(|s| format!("nats://{}", s.trim()).parse().expect("a server address"))
+            .collect();
+        async_nats::connect(servers).await.expect("connect plain client")
     }
 }
 
@@ -125,6 +151,31 @@ impl BusFixture for NatsFixture {
     async fn restart_broker(&self) -> Option<Result<(), String>> {
         let command = self.restart.as_ref()?;
         Some(brokers::run_restart(command).await)
+    }
+
+    async fn kill_leader(&self, topic: &str, _group: &str) -> Option<Result<String, String>> {
+        let command = self.cluster.as_ref()?;
+        Some(
+            async {
+                let stream = TopicNames::of(topic).ok_or("empty topic")?.stream;
+                let js = async_nats::jetstream::new(self.raw().await);
+                let mut handle = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+                let info = handle.info().await.map_err(|e| e.to_string())?;
+                let leader = info
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.leader.clone())
+                    .ok_or_else(|| format!("stream {stream} has no leader: {:?}", info.cluster))?;
+                brokers::run_restart(&format!("{command} kill {leader}")).await?;
+                Ok(leader)
+            }
+            .await,
+        )
+    }
+
+    async fn revive_member(&self, member: &str) -> Result<(), String> {
+        let command = self.cluster.as_ref().ok_or("not a cluster fixture")?;
+        brokers::run_restart(&format!("{command} revive {member}")).await
     }
 }
 
