@@ -98,12 +98,15 @@ async fn declare(channel: &Channel, topic: &str, queue: &str) {
         )
         .await
         .unwrap();
+    // The queue type busline declares by default, so both sides of the
+    // ratio write to the same kind of queue.
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
     channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
+        .queue_declare(ShortString::from(queue), QueueDeclareOptions::durable(), args)
         .await
         .unwrap();
     channel
