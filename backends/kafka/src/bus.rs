@@ -22,8 +22,10 @@ use crate::topology::{blocking, Topology, TopologyError};
 ///
 /// A topic is a Kafka topic (created with [`KafkaConfig::partitions`] and
 /// [`KafkaConfig::replication`] when missing), a group is a consumer
-/// group (`group.id`), the record key is the envelope key, and the envelope
-/// travels as CloudEvents `ce_` headers plus `content-type`.
+/// group (`group.id`; its dead-letter topics are read in a group of their
+/// own, [`consumer_group_id`](crate::consumer_group_id)), the record key is
+/// the envelope key, and the envelope travels as CloudEvents `ce_` headers
+/// plus `content-type`.
 #[derive(Clone)]
 pub struct KafkaBus {
     shared: Arc<Shared>,
@@ -43,6 +45,7 @@ impl KafkaBus {
     /// Connects to the brokers of a `kafka://host:port[,host:port]` URL and
     /// checks that they answer.
     pub async fn connect(config: &BusConfig, kafka: KafkaConfig) -> Result<Self, ConfigError> {
+        kafka.validate()?;
         let bootstrap = Bootstrap::from_url(config)?;
         let connect_error = |e: String| ConfigError::Connect {
             url: config.url.redacted(),
@@ -78,6 +81,7 @@ impl KafkaBus {
                 attempts: crate::attempts::AttemptFloor::new(),
                 members: Default::default(),
                 commit_failures: Default::default(),
+                revocations: Default::default(),
             }),
         })
     }
@@ -94,6 +98,16 @@ impl KafkaBus {
     /// redelivers what was acked meanwhile.
     pub fn commit_failures(&self) -> u64 {
         self.shared.commit_failures.load(Ordering::Relaxed)
+    }
+
+    /// Rebalances that took partitions from this connection's members
+    /// while they were running (a member leaving is not counted), since it
+    /// connected: each one makes the partitions' next owner read again
+    /// from the committed offsets, and with the default eager assignment
+    /// every member of the group is revoked when any member joins or
+    /// leaves.
+    pub fn revocations(&self) -> u64 {
+        self.shared.revocations.load(Ordering::Relaxed)
     }
 
     /// The producer, e.g. for plain Kafka interop.
@@ -128,6 +142,10 @@ impl EventBus for KafkaBus {
             .with_order_per_key(true)
             .with_persistent(true)
             .with_replay_from_start(true)
+            // Kafka counts no deliveries: a released record keeps its
+            // number through the state, and across members through the
+            // connection's attempt memory.
+            .with_release_keeps_attempt(true)
     }
 
     async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {

@@ -34,9 +34,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 ///
 /// Where a group starts is not left to `auto.offset.reset`: `provision`
 /// (and the first member of a group) commits the current end of every
-/// partition for [`StartFrom::New`](busline_core::StartFrom::New), or its
-/// beginning for `Earliest`, so events published after `provision` returns
-/// are never skipped.
+/// partition of a new group for [`StartFrom::New`](busline_core::StartFrom::New),
+/// or its beginning for `Earliest`, so events published after `provision`
+/// returns are never skipped. A group is new on a topic while it has no
+/// committed offset on any of its partitions; in a group that has some, a
+/// partition without one starts at its earliest offset. When *all* of a
+/// group's offsets expired, it is new again: see the crate documentation.
 ///
 /// ```
 /// let config = busline_core::BusConfig::from_toml_str(r#"
@@ -86,6 +89,21 @@ pub struct KafkaConfig {
     /// and closes; what is unsettled then is delivered again.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long a member whose partitions a rebalance revokes waits for
+    /// their deliveries in flight to be settled before it commits what was
+    /// decided and gives the partitions up (default 30 s, the router's
+    /// default handler timeout, so a handler within it always finishes
+    /// before its partition moves). Meanwhile nothing more of those
+    /// partitions is handed out, so the next owner neither starts a key
+    /// while its handler still runs here nor redelivers what was settled.
+    /// A delivery still unsettled then is abandoned: its next owner
+    /// delivers it again (at-least-once), possibly while it still runs
+    /// here. The whole group's rebalance waits for its slowest member, so
+    /// keep this well below the consumer's `max.poll.interval.ms` (the
+    /// rebalance timeout, 300 s by default); `connect` refuses a value that
+    /// is not below it. `0` gives partitions up at once.
+    #[serde(with = "humantime_serde")]
+    pub revoke_timeout: Duration,
     /// Records a member buffers beyond those in flight (waiting for their
     /// key's turn or a free slot) before it pauses fetching.
     pub max_buffered: usize,
@@ -131,6 +149,7 @@ impl Default for KafkaConfig {
             operation_timeout: Duration::from_secs(10),
             join_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            revoke_timeout: Duration::from_secs(30),
             max_buffered: 10_000,
             max_attempts: 1_000,
             fetch_rewind: 0,
@@ -145,6 +164,26 @@ impl KafkaConfig {
     /// Reads the `[kafka]` section.
     pub fn from_bus_config(config: &BusConfig) -> Result<Self, ConfigError> {
         config.kafka.parse("kafka")
+    }
+
+    /// Checks settings that only make sense together.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let key = "max.poll.interval.ms";
+        let poll_interval = match self.consumer.get(key).or_else(|| self.properties.get(key)) {
+            None => Duration::from_millis(300_000),
+            Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "[kafka] `{key}` = `{ms}` is not a number of milliseconds"
+                ))
+            })?),
+        };
+        if self.revoke_timeout >= poll_interval {
+            return Err(ConfigError::Invalid(format!(
+                "[kafka] revoke_timeout ({:?}) must be below the consumer's {key} ({poll_interval:?}): the group's rebalance waits for it",
+                self.revoke_timeout
+            )));
+        }
+        Ok(())
     }
 
     /// The producer's librdkafka configuration for `bootstrap`.
@@ -358,6 +397,18 @@ mod tests {
             delays,
             vec![ms(200), ms(400), ms(800), ms(25_600), ms(30_000), ms(30_000)]
         );
+    }
+
+    #[test]
+    fn revoke_timeout_stays_below_the_poll_interval() {
+        let mut c = KafkaConfig::default();
+        assert!(c.validate().is_ok());
+        c.revoke_timeout = Duration::from_secs(300);
+        assert!(c.validate().is_err(), "not below the default 300 s");
+        c.consumer.set("max.poll.interval.ms", "600000");
+        assert!(c.validate().is_ok());
+        c.consumer.set("max.poll.interval.ms", "ten minutes");
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -10,20 +10,38 @@
 //! - Publishing uses one idempotent producer with `acks=all`; `publish`
 //!   returns on the delivery report; a batch has every record in flight at
 //!   once.
-//! - A group is a consumer group. `provision` creates the topics and
-//!   commits the group's start offsets (the current end of every partition),
-//!   so events published after it returns reach the group's first member.
+//! - A group is a consumer group (`group.id` = the group), except on the
+//!   group's dead-letter topics: their readers (a DLQ consumer, a replay)
+//!   join `<group>.dlq` ([`consumer_group_id`]), so they never rebalance
+//!   the main subscriptions.
+//! - Where a group starts: `provision` (and the first member of a group)
+//!   commits the start offsets of a *new* group, one without any committed
+//!   offset on the topic: the current end of every partition for
+//!   `StartFrom::New` (events published after `provision` returns reach
+//!   the group), the beginning for `Earliest`. In a group that has
+//!   committed offsets, a partition without one (added later, or its offset
+//!   expired) starts at its earliest retained offset, so nothing written to
+//!   it meanwhile is skipped. A group whose offsets have *all* expired
+//!   (`offsets.retention.minutes`, 7 days by default, counted once the group
+//!   is empty) is new again and follows `StartFrom`: with `New` it skips
+//!   what was written while it had no offsets, with `Earliest` it reads
+//!   all that is retained again; keep the retention longer than a group may
+//!   stay stopped.
 //! - Each member polls on a thread of its own and hands out up to
 //!   `max_in_flight` deliveries concurrently, one at a time per key, in
 //!   order, across retries. It commits each partition only up to its lowest
 //!   undecided offset, so an event is never committed before it is acked or
-//!   dead-lettered; on a rebalance it commits what is decided and drops the
-//!   revoked partitions' records (their next owner reads them again).
+//!   dead-lettered. When a rebalance revokes partitions, it stops handing
+//!   them out, waits up to [`KafkaConfig::revoke_timeout`] for their
+//!   deliveries in flight to be settled, commits what is decided and drops
+//!   the rest (their next owner reads them again).
 //! - `nack` retries in the partition after the delay (the key waits);
 //!   `dead_letter` produces the record, headers and body byte for byte plus
 //!   `ce_deadletter…` headers, to the DLQ topic, awaits the report, then
 //!   marks it decided. A delivery dropped undecided comes again with the
-//!   attempt number one higher; a record whose headers are not an envelope
+//!   attempt number one higher; one released (shutdown's deadline passed)
+//!   comes again with the same attempt number (in this process: a new
+//!   process counts from 1); a record whose headers are not an envelope
 //!   is delivered as a poison delivery that can be dead-lettered as it is.
 //! - Shutdown stops fetching, waits for deliveries in flight, commits,
 //!   leaves the groups and flushes the producer.
@@ -48,6 +66,7 @@ mod topology;
 
 pub use bus::KafkaBus;
 pub use config::{KafkaConfig, Properties};
+pub use topology::consumer_group_id;
 
 use busline_core::{Bus, BusConfig, BusSettings, ConfigError};
 

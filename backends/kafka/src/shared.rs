@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) members: Mutex<Vec<Arc<MemberShared>>>,
     /// Offset commits of this connection's members that failed.
     pub(crate) commit_failures: AtomicU64,
+    /// Rebalances that took partitions from this connection's members.
+    pub(crate) revocations: AtomicU64,
 }
 
 impl Shared {

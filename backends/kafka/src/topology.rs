@@ -1,6 +1,7 @@
 //! Topics and group start offsets: created through the admin API when
-//! missing (some brokers do not auto-create), and a group's starting point
-//! recorded as committed offsets before its first member runs.
+//! missing (some brokers do not auto-create), and a new group's starting
+//! point recorded as committed offsets before its first member runs; the
+//! consumer group a busline group reads a topic in.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -165,7 +166,8 @@ impl Topology {
     }
 
     /// Creates `topic` and its dead-letter topic, and records where `group`
-    /// starts on both unless it already has committed offsets there.
+    /// starts on both (on the DLQ, for the group's DLQ readers,
+    /// [`consumer_group_id`]) unless it already has committed offsets there.
     pub(crate) async fn provision(
         &self,
         topic: &str,
@@ -181,13 +183,21 @@ impl Topology {
         Ok(())
     }
 
+    /// Records where a *new* consumer group of `group` on `topic` starts,
+    /// by committing it. A group with offsets on some partitions of the
+    /// topic is left alone: its members start the others at the earliest
+    /// offset (see `member::context`). A new DLQ-reader group takes the
+    /// offsets that readers under the main group id had committed there
+    /// (before DLQ readers had a group id of their own), so an upgrade
+    /// neither skips nor re-reads letters.
     async fn ensure_group_start(
         &self,
         topic: &str,
         group: &str,
         start: StartFrom,
     ) -> Result<(), TopologyError> {
-        let id = (group.to_owned(), topic.to_owned());
+        let group_id = consumer_group_id(topic, group);
+        let id = (group_id.clone(), topic.to_owned());
         if self
             .groups
             .lock()
@@ -197,19 +207,35 @@ impl Topology {
             return Ok(());
         }
         let partitions = self.await_metadata(topic).await.map_err(TopologyError::Broker)?;
-        let consumer: BaseConsumer = self
-            .config
-            .consumer_config(&self.bootstrap, group)
-            .create()
-            .map_err(|e| TopologyError::Broker(format!("group client: {e}")))?;
+        let client = |group: &str| -> Result<BaseConsumer, TopologyError> {
+            self.config
+                .consumer_config(&self.bootstrap, group)
+                .create()
+                .map_err(|e| TopologyError::Broker(format!("group client: {e}")))
+        };
+        let consumer = client(&group_id)?;
+        let legacy = if group_id != group {
+            Some(client(group)?)
+        } else {
+            None
+        };
         let timeout = self.config.operation_timeout;
-        let (topic_owned, group_owned) = (topic.to_owned(), group.to_owned());
+        let (topic_owned, group_owned) = (topic.to_owned(), group_id.clone());
         let outcome = blocking(move || {
             let missing = uncommitted(&consumer, &topic_owned, &partitions, timeout)?;
-            if missing.is_empty() {
+            if missing.len() < partitions.len() {
                 return Ok(None);
             }
-            let starts = start_offsets(&consumer, &topic_owned, &missing, start, timeout)?;
+            let inherited = match &legacy {
+                Some(old) => committed(old, &topic_owned, &partitions, timeout)?,
+                None => Vec::new(),
+            };
+            let starts = if inherited.is_empty() {
+                start_offsets(&consumer, &topic_owned, &missing, start, timeout)?
+            } else {
+                tracing::info!(group = %group_owned, topic = %topic_owned, offsets = ?inherited, "DLQ readers get a consumer group of their own; it starts where the readers under the main group id had got to");
+                inherited
+            };
             let mut tpl = TopicPartitionList::new();
             for (p, o) in &starts {
                 tpl.add_partition_offset(&topic_owned, *p, Offset::Offset(*o))
@@ -237,27 +263,66 @@ impl Topology {
         Ok(())
     }
 
-    /// Where a member of `group` starts on `topic` partition `partition`
-    /// that has no committed offset, if provisioning recorded it.
-    pub(crate) fn hint(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
-        self.hints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(group.to_owned(), topic.to_owned()))?
+    /// Drops the start offsets kept for consumer group `group_id` on
+    /// `topic`: a member committed them.
+    pub(crate) fn forget_hints(&self, group_id: &str, topic: &str) {
+        let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+        if !hints.is_empty() {
+            hints.remove(&(group_id.to_owned(), topic.to_owned()));
+        }
+    }
+
+    /// Where a member of consumer group `group_id` starts on `topic`
+    /// partition `partition` that has no committed offset, if provisioning
+    /// recorded it.
+    pub(crate) fn hint(&self, group_id: &str, topic: &str, partition: i32) -> Option<i64> {
+        let hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+        if hints.is_empty() {
+            return None;
+        }
+        hints
+            .get(&(group_id.to_owned(), topic.to_owned()))?
             .iter()
             .find(|(p, _)| *p == partition)
             .map(|(_, o)| *o)
     }
 }
 
-/// Partitions of `topic` without a committed offset for the consumer's
-/// group.
-pub(crate) fn uncommitted<C: rdkafka::consumer::ConsumerContext>(
+/// The Kafka consumer group (`group.id`) in which busline group `group`
+/// reads `topic`: `group` itself, except on the group's dead-letter topics
+/// (`topic` is `<t>.<group>.dlq`, [`dead_letter_topic`]), which its DLQ
+/// readers (a reader of the letters, a replay) read as `<group>.dlq`, a
+/// consumer group of their own, so that they joining or leaving never
+/// rebalances the group's main subscriptions. The busline group stays
+/// `group` (deliveries and dead letters name it; other brokers declare DLQ
+/// queues per group).
+///
+/// ```
+/// assert_eq!(busline_kafka::consumer_group_id("orders", "billing"), "billing");
+/// assert_eq!(busline_kafka::consumer_group_id("orders.billing.dlq", "billing"), "billing.dlq");
+/// assert_eq!(busline_kafka::consumer_group_id("orders.shipping.dlq", "billing"), "billing");
+/// ```
+pub fn consumer_group_id(topic: &str, group: &str) -> String {
+    let is_dlq = topic
+        .strip_suffix(".dlq")
+        .and_then(|t| t.strip_suffix(group))
+        .and_then(|t| t.strip_suffix('.'))
+        .is_some_and(|t| !t.is_empty());
+    if is_dlq {
+        format!("{group}.dlq")
+    } else {
+        group.to_owned()
+    }
+}
+
+/// The committed offsets of the consumer's group on `partitions` of
+/// `topic`, where it has one.
+fn committed<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     partitions: &[i32],
     timeout: Duration,
-) -> Result<Vec<i32>, String> {
+) -> Result<Vec<(i32, i64)>, String> {
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         tpl.add_partition(topic, *p);
@@ -268,8 +333,50 @@ pub(crate) fn uncommitted<C: rdkafka::consumer::ConsumerContext>(
     Ok(committed
         .elements_for_topic(topic)
         .iter()
-        .filter(|e| !matches!(e.offset(), Offset::Offset(_)))
-        .map(|e| e.partition())
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Whether the consumer's group has a committed offset on a partition of
+/// `topic` other than `except`.
+pub(crate) fn has_offsets_elsewhere<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    except: &[i32],
+    timeout: Duration,
+) -> Result<bool, String> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
+    let others: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .filter(|p| !except.contains(p))
+        .collect();
+    if others.is_empty() {
+        return Ok(false);
+    }
+    Ok(!committed(consumer, topic, &others, timeout)?.is_empty())
+}
+
+/// Partitions of `topic` without a committed offset for the consumer's
+/// group.
+pub(crate) fn uncommitted<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<i32>, String> {
+    let have = committed(consumer, topic, partitions, timeout)?;
+    Ok(partitions
+        .iter()
+        .copied()
+        .filter(|p| !have.iter().any(|(q, _)| q == p))
         .collect())
 }
 
@@ -300,4 +407,52 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| format!("client task failed: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+        KafkaConfig::default()
+            .consumer_config(&Bootstrap::servers(bootstrap), group)
+            .create()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_group_with_an_offset_on_another_partition_exists() {
+        let timeout = Duration::from_secs(10);
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        let member = consumer(&bootstrap, "g");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Offset(5)).unwrap();
+        member.commit(&tpl, CommitMode::Sync).unwrap();
+
+        // A member assigned partitions 1 and 2 only sees no offset of its
+        // own, yet the group exists.
+        assert_eq!(
+            uncommitted(&member, "t", &[0, 1, 2], timeout).unwrap(),
+            vec![1, 2]
+        );
+        assert!(has_offsets_elsewhere(&member, "t", &[1, 2], timeout).unwrap());
+        assert!(!has_offsets_elsewhere(&member, "t", &[0, 1, 2], timeout).unwrap());
+        let stranger = consumer(&bootstrap, "other");
+        assert!(!has_offsets_elsewhere(&stranger, "t", &[1], timeout).unwrap());
+    }
+
+    #[test]
+    fn dlq_readers_have_a_consumer_group_of_their_own() {
+        assert_eq!(consumer_group_id("t", "g"), "g");
+        assert_eq!(consumer_group_id("t.g.dlq", "g"), "g.dlq");
+        assert_eq!(consumer_group_id("t.g.dlq.g.dlq", "g"), "g.dlq");
+        assert_eq!(consumer_group_id(".g.dlq", "g"), "g", "no topic before the group");
+        assert_eq!(consumer_group_id("t.xg.dlq", "g"), "g", "another group's DLQ");
+        assert_eq!(consumer_group_id("t.g.dlq", "h"), "h");
+    }
 }

@@ -1,5 +1,6 @@
 //! Settling one delivery: ack marks its offset decided; nack keeps it at
 //! the head of its key's lane and hands it out again after the delay;
+//! release hands it out again at once without counting the attempt;
 //! dead-letter produces it to the DLQ topic (headers and body byte for
 //! byte), awaits the report, then marks it decided; dropped undecided, it
 //! is handed out again at once.
@@ -49,11 +50,17 @@ impl KafkaAcker {
     fn decided(&mut self) {
         self.settled = true;
         let t = self.ticket;
-        self.member.state().decide(t);
-        self.member
-            .bus
-            .attempts
-            .settled(&self.member.record_id(t.partition, t.offset));
+        let owned = self.member.state().decide(t);
+        if owned {
+            self.member
+                .bus
+                .attempts
+                .settled(&self.member.record_id(t.partition, t.offset));
+        }
+        // Not owned: the partition was revoked before the decision, nothing
+        // was committed for it, and its next owner delivers it again, as a
+        // further attempt.
+        self.member.settled_one();
         self.member.wake();
     }
 
@@ -62,6 +69,7 @@ impl KafkaAcker {
         self.settled = true;
         let t = self.ticket;
         let owned = self.member.state().delay(t);
+        self.member.settled_one();
         self.member.wake();
         if !owned {
             return;
@@ -180,6 +188,17 @@ impl Acknowledge for KafkaAcker {
             return self.produce_dead_letter(letter).await;
         }
         self.retry(retry_after);
+        Ok(())
+    }
+
+    async fn release(mut self: Box<Self>) -> Result<(), SettleError> {
+        // Left undecided, so nothing is committed past it; handed out again
+        // at once with the same attempt number, here or, through the
+        // connection's attempt memory, by the next member in this process.
+        self.settled = true;
+        self.member.state().release(self.ticket);
+        self.member.settled_one();
+        self.member.wake();
         Ok(())
     }
 

@@ -1,9 +1,20 @@
-//! Rebalances of one member, handled on its poller thread: an assignment
-//! starts each partition at its committed offset (or, for a partition the
-//! group never committed, where the group starts, committed at once); a
-//! revocation commits up to the lowest undecided offset and drops the
-//! partition's records, whose deliveries in flight then change nothing.
+//! Rebalances of one member, handled on its poller thread.
+//!
+//! An assignment starts each partition at its committed offset. A
+//! partition without one starts where provisioning recorded the group's
+//! start, else at the earliest retained offset when the group has
+//! committed offsets on other partitions of the topic (a partition added
+//! later, or one whose offsets expired: nothing written meanwhile is
+//! skipped), else (a group without any offsets: new, or all of its offsets
+//! expired) at the subscription's `StartFrom`; the start is committed at
+//! once, so a member that takes over starts there too.
+//!
+//! A revocation stops handing out the partitions' records, waits (at most
+//! `revoke_timeout`) for their deliveries in flight to be settled, commits
+//! up to the lowest undecided offset and drops the partitions' records;
+//! decisions of deliveries that outlast the wait change nothing.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use busline_core::StartFrom;
@@ -14,7 +25,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::poller;
 use super::MemberShared;
-use crate::topology::start_offsets;
+use crate::topology::{has_offsets_elsewhere, start_offsets};
 
 pub(crate) struct MemberContext {
     member: Arc<MemberShared>,
@@ -44,6 +55,7 @@ impl MemberContext {
         };
         let mut starts: Vec<(i32, Option<i64>)> = Vec::with_capacity(partitions.len());
         let mut fresh = Vec::new();
+        let mut any_committed = false;
         for p in &partitions {
             let at = committed
                 .find_partition(topic, *p)
@@ -52,8 +64,11 @@ impl MemberContext {
                     _ => None,
                 });
             match at {
-                Some(o) => starts.push((*p, Some(o))),
-                None => match m.bus.topology.hint(&m.group, topic, *p) {
+                Some(o) => {
+                    any_committed = true;
+                    starts.push((*p, Some(o)));
+                }
+                None => match m.bus.topology.hint(&m.group_id, topic, *p) {
                     Some(o) => {
                         fresh.push((*p, o));
                         starts.push((*p, Some(o)));
@@ -68,11 +83,13 @@ impl MemberContext {
             .map(|(p, _)| *p)
             .collect();
         if !unknown.is_empty() {
-            let start = if m.start == StartFrom::Earliest {
-                StartFrom::Earliest
-            } else {
-                StartFrom::New
-            };
+            let exists = any_committed
+                || m.start == StartFrom::Earliest
+                || has_offsets_elsewhere(consumer, topic, &partitions, timeout).unwrap_or_else(|e| {
+                    tracing::warn!(topic, group = %m.group, error = %e, "cannot tell whether the group has offsets; starting at the earliest offset rather than skipping");
+                    true
+                });
+            let start = if exists { StartFrom::Earliest } else { m.start };
             match start_offsets(consumer, topic, &unknown, start, timeout) {
                 Ok(found) => {
                     for (p, o) in found {
@@ -92,12 +109,15 @@ impl MemberContext {
             for (p, o) in &fresh {
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
             }
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                m.commit_failed(
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                // Committed: from now on the broker knows, and a hint would
+                // only be stale once these offsets expire.
+                Ok(()) => m.bus.topology.forget_hints(&m.group_id, topic),
+                Err(e) => m.commit_failed(
                     "commit of the group's start offsets",
                     &poller::partitions(&tpl, topic),
                     &e,
-                );
+                ),
             }
         }
         starts
@@ -133,8 +153,20 @@ impl MemberContext {
         m.wake();
     }
 
-    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &[i32]) {
+    /// Gives `partitions` up; with `settle`, first waits for their
+    /// deliveries in flight (not when leaving: the drain waited already).
+    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], settle: bool) {
         let m = &self.member;
+        let limit = m.bus.config.revoke_timeout;
+        if settle && !partitions.is_empty() && !limit.is_zero() && !m.is_leaving() {
+            let started = std::time::Instant::now();
+            let left = m.drain_partitions(partitions, limit);
+            if left > 0 {
+                tracing::warn!(topic = %m.topic, group = %m.group, ?partitions, left, ?limit, "deliveries still in flight when their partitions were revoked; their next owner delivers them again");
+            } else {
+                tracing::debug!(topic = %m.topic, group = %m.group, ?partitions, waited = ?started.elapsed(), "deliveries of revoked partitions settled");
+            }
+        }
         let mut tpl = TopicPartitionList::new();
         {
             let mut state = m.state();
@@ -176,7 +208,10 @@ impl ConsumerContext for MemberContext {
                     .iter()
                     .map(|e| e.partition())
                     .collect();
-                self.revoke(consumer, &partitions);
+                if !partitions.is_empty() && !self.member.is_leaving() {
+                    self.member.bus.revocations.fetch_add(1, Ordering::Relaxed);
+                }
+                self.revoke(consumer, &partitions, true);
                 let _ = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -185,8 +220,10 @@ impl ConsumerContext for MemberContext {
             }
             other => {
                 tracing::warn!(topic = %self.member.topic, error = ?other, "rebalance error; giving up the assignment");
+                // The assignment is lost already: waiting would not keep
+                // the next owner from starting.
                 let owned = self.member.state().owned();
-                self.revoke(consumer, &owned);
+                self.revoke(consumer, &owned, false);
                 let _ = consumer.unassign();
             }
         }

@@ -7,7 +7,8 @@ mod poller;
 mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use busline_core::{ConsumeError, ConsumeErrorKind, Delivery, StartFrom, SubscribeError, SubscribeErrorKind};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -20,12 +21,20 @@ pub(crate) use state::{Record, State, Ticket};
 pub(crate) struct MemberShared {
     pub(crate) bus: Arc<Shared>,
     pub(crate) topic: Arc<str>,
+    /// The busline group: deliveries and dead letters name it.
     pub(crate) group: Arc<str>,
+    /// The Kafka consumer group the member joins
+    /// ([`consumer_group_id`](crate::consumer_group_id)).
+    pub(crate) group_id: Arc<str>,
     pub(crate) start: StartFrom,
     pub(crate) max_in_flight: usize,
     state: Mutex<State>,
     /// Wakes the stream: a record is ready or a slot was freed.
     wake: Notify,
+    /// Signalled when a delivery is settled while a revocation waits.
+    settle: Condvar,
+    /// A revocation waits for deliveries to settle.
+    fencing: AtomicBool,
     /// Set when the member is to leave: stop handing out, drain, commit,
     /// close.
     leaving: AtomicBool,
@@ -44,6 +53,41 @@ impl MemberShared {
 
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// A delivery was settled (decided, delayed, released or dropped): a
+    /// revocation waiting for it may go on.
+    pub(crate) fn settled_one(&self) {
+        // The waiter sets the flag before it checks under the state lock,
+        // and every settlement changes the state before it gets here, so
+        // no wake-up is lost; without a waiter, no syscall per ack.
+        if self.fencing.load(Ordering::Acquire) {
+            self.settle.notify_all();
+        }
+    }
+
+    /// Stops handing out records of `partitions` and waits, at most
+    /// `limit`, for their deliveries in flight to be settled; how many were
+    /// not.
+    pub(crate) fn drain_partitions(&self, partitions: &[i32], limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        self.fencing.store(true, Ordering::Release);
+        let mut state = self.state();
+        state.fence(partitions);
+        let left = loop {
+            let left = state.in_flight_of(partitions);
+            let now = Instant::now();
+            if left == 0 || now >= deadline {
+                break left;
+            }
+            state = match self.settle.wait_timeout(state, deadline - now) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        };
+        drop(state);
+        self.fencing.store(false, Ordering::Release);
+        left
     }
 
     pub(crate) fn leave(&self) {
@@ -85,7 +129,7 @@ impl MemberShared {
 
     /// Record id for the connection's attempt memory.
     pub(crate) fn record_id(&self, partition: i32, offset: i64) -> crate::attempts::RecordId {
-        (self.topic.clone(), self.group.clone(), partition, offset)
+        (self.topic.clone(), self.group_id.clone(), partition, offset)
     }
 
     /// The next delivery; an error if the poller thread died, then `None`
@@ -144,14 +188,18 @@ pub(crate) async fn join(
     max_in_flight: usize,
 ) -> Result<busline_core::Subscription, SubscribeError> {
     let (joined, mut joined_rx) = watch::channel(false);
+    let group_id = crate::consumer_group_id(topic, group);
     let member = Arc::new(MemberShared {
         bus: bus.clone(),
         topic: topic.into(),
         group: group.into(),
+        group_id: group_id.as_str().into(),
         start,
         max_in_flight: max_in_flight.max(1),
         state: Mutex::default(),
         wake: Notify::new(),
+        settle: Condvar::new(),
+        fencing: AtomicBool::new(false),
         leaving: AtomicBool::new(false),
         joined,
         done: watch::channel(false).0,
@@ -159,7 +207,7 @@ pub(crate) async fn join(
     });
     let consumer: BaseConsumer<context::MemberContext> = bus
         .config
-        .consumer_config(&bus.bootstrap, group)
+        .consumer_config(&bus.bootstrap, &group_id)
         .create_with_context(context::MemberContext::new(member.clone()))
         .map_err(|e| SubscribeError::new(SubscribeErrorKind::Connection, topic).with_source(e))?;
     consumer

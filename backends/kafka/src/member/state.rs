@@ -86,6 +86,9 @@ struct Partition {
     next: Option<i64>,
     /// The last commit point sent.
     committed: Option<i64>,
+    /// A revocation is waiting for the partition's deliveries in flight:
+    /// nothing more of it is handed out.
+    fenced: bool,
 }
 
 impl Partition {
@@ -143,6 +146,7 @@ impl State {
                 lanes: HashMap::new(),
                 next: start,
                 committed: start,
+                fenced: false,
             },
         );
     }
@@ -163,6 +167,25 @@ impl State {
             })
             .collect();
         Some((p.commit_point(), abandoned))
+    }
+
+    /// Stops handing out records of `partitions`, which are about to be
+    /// revoked.
+    pub(crate) fn fence(&mut self, partitions: &[i32]) {
+        for id in partitions {
+            if let Some(p) = self.partitions.get_mut(id) {
+                p.fenced = true;
+            }
+        }
+    }
+
+    /// Deliveries of `partitions` handed out and not settled.
+    pub(crate) fn in_flight_of(&self, partitions: &[i32]) -> usize {
+        partitions
+            .iter()
+            .filter_map(|id| self.partitions.get(id))
+            .map(|p| p.slots.values().filter(|s| s.status == Status::InFlight).count())
+            .sum()
     }
 
     /// The partitions the member owns.
@@ -234,6 +257,10 @@ impl State {
     /// The next delivery, if any record is ready.
     pub(crate) fn take(&mut self) -> Option<Handout> {
         while let Some(ticket) = self.ready.pop_front() {
+            if self.partitions.get(&ticket.partition).is_some_and(|p| p.fenced) {
+                // Its partition is being revoked: the next owner has it.
+                continue;
+            }
             let Some(slot) = self.slot_mut(ticket) else {
                 continue;
             };
@@ -311,6 +338,21 @@ impl State {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// A handed-out delivery is returned unhandled, not as a failed
+    /// attempt: it is ready again at once and its next delivery has the
+    /// same attempt number.
+    pub(crate) fn release(&mut self, t: Ticket) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match self.slot_mut(t) {
+            Some(slot) if slot.status == Status::InFlight => {
+                slot.status = Status::Queued;
+                slot.delivered = slot.delivered.saturating_sub(1);
+                self.ready.push_back(t);
+            }
+            _ => {}
         }
     }
 
@@ -404,6 +446,50 @@ mod tests {
         assert_eq!((again.ticket.offset, again.attempt), (0, 2));
         assert!(s.decide(again.ticket));
         assert_eq!(s.take().unwrap().ticket.offset, 1);
+    }
+
+    #[test]
+    fn a_fenced_partition_hands_out_nothing_and_counts_its_deliveries() {
+        let mut s = State::default();
+        s.assign(0, Some(0));
+        s.assign(1, Some(0));
+        s.push(0, 0, rec(Some("a")), 0);
+        s.push(0, 1, rec(Some("a")), 0);
+        s.push(1, 0, rec(Some("b")), 0);
+        s.push(1, 1, rec(Some("b")), 0);
+        let a = s.take().unwrap();
+        let b = s.take().unwrap();
+        assert_eq!((a.ticket.partition, b.ticket.partition), (0, 1));
+        s.fence(&[0]);
+        assert_eq!(s.in_flight_of(&[0]), 1);
+        assert!(s.decide(a.ticket));
+        assert_eq!(s.in_flight_of(&[0]), 0);
+        assert!(s.decide(b.ticket));
+        let next = s.take().expect("partition 1 goes on");
+        assert_eq!((next.ticket.partition, next.ticket.offset), (1, 1));
+        assert!(s.take().is_none(), "key a's next record waits for the next owner");
+        let (point, _) = s.revoke(0).unwrap();
+        assert_eq!(point, Some(1), "what settled before the revocation is committed");
+    }
+
+    #[test]
+    fn a_released_delivery_comes_again_with_the_same_attempt() {
+        let mut s = State::default();
+        s.assign(0, Some(0));
+        s.push(0, 0, rec(Some("a")), 1);
+        let first = s.take().unwrap();
+        assert_eq!(first.attempt, 2);
+        s.release(first.ticket);
+        assert_eq!(s.in_flight(), 0);
+        let again = s.take().unwrap();
+        assert_eq!(again.attempt, 2, "a release is not an attempt");
+        s.release(again.ticket);
+        let (_, abandoned) = s.revoke(0).unwrap();
+        assert_eq!(
+            abandoned.iter().map(|a| a.delivered).collect::<Vec<_>>(),
+            vec![1],
+            "the next member counts only the earlier attempt"
+        );
     }
 
     #[test]

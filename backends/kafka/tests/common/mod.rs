@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod mock;
+pub mod plain;
 pub mod raw;
 
 use std::time::Duration;
