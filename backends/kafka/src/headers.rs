@@ -156,7 +156,7 @@ pub(crate) fn decode(
 pub(crate) fn dead_letter(original: &RawHeaders, letter: &DeadLetter) -> OwnedHeaders {
     let stale: Vec<String> = dl::ALL
         .iter()
-        .chain([&ORIGINAL_SIZE])
+        .chain([&dl::ORIGINAL_SIZE])
         .map(|name| DIALECT.header(name))
         .collect();
     let headers = OwnedHeaders::new_with_capacity(original.len() + dl::ALL.len());
@@ -176,15 +176,11 @@ pub(crate) fn dead_letter(original: &RawHeaders, letter: &DeadLetter) -> OwnedHe
     headers
 }
 
-/// Extension of a dead letter whose body was cut to fit: the size of the
-/// record's body in bytes.
-pub(crate) const ORIGINAL_SIZE: &str = "deadletteroriginalsize";
-
 /// The headers of a dead letter whose body was cut to fit (reason
 /// `too_large`): those of [`dead_letter`] plus the original body size.
 pub(crate) fn cut_dead_letter(original: &RawHeaders, letter: &DeadLetter, body_size: usize) -> OwnedHeaders {
     dead_letter(original, letter).insert(Header {
-        key: &DIALECT.header(ORIGINAL_SIZE),
+        key: &DIALECT.header(dl::ORIGINAL_SIZE),
         value: Some(body_size.to_string().as_bytes()),
     })
 }
