@@ -4,7 +4,13 @@
 # HOME), Mnesia and log directories. Ends only the node it started, by the
 # pid it recorded.
 #
-#   bash .ci/rabbitmq-restartable.sh start|restart|stop|env
+#   bash .ci/rabbitmq-restartable.sh start|restart|reset|stop|env
+#
+# reset empties the node (stop_app, reset, start_app): every queue,
+# exchange and binding earlier test runs left goes, so each CI run starts
+# on an empty node (tests never delete their quorum queues, and a node
+# holding thousands of them restarts slowly). The node holds test data
+# only; the default guest user comes back with start_app.
 #
 # env prints the exports that point the tests at this node: the AMQP URL,
 # and the node name and cookie, so the tests' own `rabbitmqctl` calls (and
@@ -91,6 +97,14 @@ restart() {
     ctl await_startup >/dev/null
 }
 
+reset() {
+    running_pid >/dev/null || start
+    ctl stop_app >/dev/null
+    ctl reset >/dev/null
+    ctl start_app >/dev/null
+    ctl await_startup >/dev/null
+}
+
 stop() {
     local pid
     if pid="$(running_pid)"; then
@@ -116,6 +130,7 @@ case "${1:-}" in
     env) print_env ;;
     start) start ;;
     restart) restart ;;
+    reset) reset ;;
     stop) stop ;;
-    *) echo "usage: $0 start|restart|stop|env" >&2; exit 2 ;;
+    *) echo "usage: $0 start|restart|reset|stop|env" >&2; exit 2 ;;
 esac
