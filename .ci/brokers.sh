@@ -70,6 +70,7 @@ venv="$HOME/.cache/busline-interop-venv"
 bash .ci/nats-restartable.sh start
 bash .ci/nats-cluster.sh start
 bash .ci/rabbitmq-restartable.sh start
+bash .ci/rabbitmq-cluster.sh start
 bash .ci/rabbitmq-restartable.sh reset   # an empty node for every run
 
 # Kafka protocol: tansu, built from crates.io the first time (~15 minutes),

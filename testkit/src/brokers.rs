@@ -105,7 +105,9 @@ pub async fn find(kind: Broker) -> Result<TestBroker, String> {
 }
 
 impl TestBroker {
-    fn new(url: String, origin: Origin) -> Self {
+    /// The broker at `url`, found in `origin` (a fixture that reads its
+    /// own variables, such as a cluster's seed list, makes one with it).
+    pub fn new(url: String, origin: Origin) -> Self {
         Self {
             url,
             origin,

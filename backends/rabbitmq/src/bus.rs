@@ -35,7 +35,6 @@ struct Inner {
     config: RabbitConfig,
     /// With its password: member connections are made from it.
     url: String,
-    redacted: String,
     publish_link: Arc<Link>,
     /// Declarations (`provision`, redeclaring after a returned copy); no
     /// consumer runs on it, so no message can break it.
@@ -61,9 +60,10 @@ impl std::fmt::Debug for RabbitBus {
 
 impl RabbitBus {
     /// Connects to the broker at `url` (`amqp://` or `amqps://`, credentials
-    /// and vhost in the URL), naming its connections `connection_name`.
-    /// Fails if the broker cannot be reached now; later losses are
-    /// reconnected. A derived `delivery_limit` (`0`) is resolved for the
+    /// and vhost in the URL; several seed brokers of a cluster separated by
+    /// commas: `amqp://u:p@h1:5672,h2:5672/%2f`), naming its connections
+    /// `connection_name`. Fails if no broker can be reached now; later
+    /// losses are reconnected, to any of the seeds. A derived `delivery_limit` (`0`) is resolved for the
     /// default retry policy ([`connect`](crate::connect) resolves it for the
     /// configured one).
     pub async fn connect(url: &str, connection_name: &str, config: RabbitConfig) -> Result<Self, String> {
@@ -82,7 +82,7 @@ impl RabbitBus {
             connect_timeout: config.connect_timeout,
         };
         let link = |role: &str| {
-            Link::new(url, redacted.clone(), options(role), closed.clone())
+            Link::new(url, options(role), closed.clone())
                 .map(Arc::new)
                 .map_err(|e| format!("`{redacted}`: {e}"))
         };
@@ -105,7 +105,6 @@ impl RabbitBus {
                 ),
                 config,
                 url: url.to_owned(),
-                redacted,
                 publish_link,
                 consume_link,
                 members: Mutex::default(),
@@ -149,12 +148,7 @@ impl RabbitBus {
             connect_timeout: c.connect_timeout,
         };
         let inner = &self.inner;
-        let link = Arc::new(Link::new(
-            &inner.url,
-            inner.redacted.clone(),
-            options,
-            inner.closed.clone(),
-        )?);
+        let link = Arc::new(Link::new(&inner.url, options, inner.closed.clone())?);
         let mut members = inner.members.lock().unwrap_or_else(|p| p.into_inner());
         members.retain(|m| m.strong_count() > 0);
         members.push(Arc::downgrade(&link));

@@ -1,14 +1,19 @@
 //! One AMQP connection that comes back: connected lazily, replaced with
-//! exponential backoff when it is lost, closed once on shutdown.
+//! jittered exponential backoff when it is lost, closed once on shutdown.
+//! With several seed brokers (a cluster) an attempt tries each in turn,
+//! beginning with the one after the broker last lost, and keeps the first
+//! that answers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use busline_core::RetryPolicy;
 use lapin::types::LongString;
-use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
+
+use crate::seeds::{self, Seed};
 
 /// Why no connection could be had.
 #[derive(Debug, Clone)]
@@ -44,13 +49,15 @@ struct State {
     /// made us wait; callers in between fail fast with it instead of piling
     /// connection attempts onto a broker that is down.
     retry_at: Option<(Instant, String)>,
-    backoff: Duration,
+    /// Failed attempts in a row: the backoff grows with it.
+    failures: u32,
+    /// The seed an attempt tries first.
+    next_seed: usize,
 }
 
 pub(crate) struct Link {
-    uri: AMQPUri,
-    /// For messages: the URL without its password.
-    redacted: String,
+    /// Never empty.
+    seeds: Vec<Seed>,
     name: String,
     min_backoff: Duration,
     max_backoff: Duration,
@@ -69,24 +76,22 @@ pub(crate) struct LinkOptions {
 }
 
 impl Link {
-    /// A link to `url` (not connected yet); `Err` if the URL is not AMQP.
-    pub(crate) fn new(
-        url: &str,
-        redacted: String,
-        options: LinkOptions,
-        closed: watch::Sender<bool>,
-    ) -> Result<Self, String> {
-        let mut uri: AMQPUri = url.parse()?;
-        if uri.query.heartbeat.is_none() {
-            uri.query.heartbeat = Some(u16::try_from(options.heartbeat.as_secs()).unwrap_or(u16::MAX));
-        }
-        if uri.query.connection_timeout.is_none() {
-            uri.query.connection_timeout =
-                Some(u64::try_from(options.connect_timeout.as_millis()).unwrap_or(u64::MAX));
+    /// A link to the broker or brokers of `url` (not connected yet); `Err`
+    /// (without secrets) if the URL is not AMQP.
+    pub(crate) fn new(url: &str, options: LinkOptions, closed: watch::Sender<bool>) -> Result<Self, String> {
+        let mut seeds = seeds::parse(url)?;
+        for seed in &mut seeds {
+            let query = &mut seed.uri.query;
+            if query.heartbeat.is_none() {
+                query.heartbeat = Some(u16::try_from(options.heartbeat.as_secs()).unwrap_or(u16::MAX));
+            }
+            if query.connection_timeout.is_none() {
+                query.connection_timeout =
+                    Some(u64::try_from(options.connect_timeout.as_millis()).unwrap_or(u64::MAX));
+            }
         }
         Ok(Self {
-            uri,
-            redacted,
+            seeds,
             name: options.name,
             min_backoff: options.min_backoff,
             max_backoff: options.max_backoff.max(options.min_backoff),
@@ -95,7 +100,8 @@ impl Link {
                 live: None,
                 generation: 0,
                 retry_at: None,
-                backoff: options.min_backoff,
+                failures: 0,
+                next_seed: 0,
             }),
             closed,
         })
@@ -120,13 +126,18 @@ impl Link {
             if live.connection.status().connected() {
                 return Ok(live.clone());
             }
+            // Its broker is gone or unreachable: begin with the next one,
+            // so a broker that died costs no attempt (a host that drops
+            // packets would cost `connect_timeout`).
+            state.live = None;
+            state.next_seed = (state.next_seed + 1) % self.seeds.len();
         }
         if let Some((at, error)) = &state.retry_at {
             if Instant::now() < *at {
                 return Err(LinkError::Connect(error.clone()));
             }
         }
-        match self.connect_once().await {
+        match self.connect_round(&mut state).await {
             Ok(connection) => {
                 state.generation += 1;
                 let live = Arc::new(Live {
@@ -135,7 +146,7 @@ impl Link {
                 });
                 state.live = Some(live.clone());
                 state.retry_at = None;
-                state.backoff = self.min_backoff;
+                state.failures = 0;
                 if self.is_closed() {
                     // Shutdown began while we connected: do not leak it.
                     let _ = live.connection.close(200, "shutdown".into()).await;
@@ -145,24 +156,61 @@ impl Link {
                 Ok(live)
             }
             Err(error) => {
-                let wait = state.backoff;
-                state.backoff = (state.backoff * 2).min(self.max_backoff);
+                state.failures = state.failures.saturating_add(1);
+                // Jittered, so the connections of many services a broker
+                // dropped at once do not come back in step.
+                let wait = RetryPolicy::default()
+                    .with_backoff(self.min_backoff, self.max_backoff)
+                    .with_jitter(0.25)
+                    .backoff(state.failures);
                 state.retry_at = Some((Instant::now() + wait, error.clone()));
                 Err(LinkError::Connect(error))
             }
         }
     }
 
-    async fn connect_once(&self) -> Result<Connection, String> {
+    /// One attempt: every seed once, from `next_seed` on, each within
+    /// `connect_timeout`; the first that answers becomes `next_seed`.
+    async fn connect_round(&self, state: &mut State) -> Result<Connection, String> {
+        let n = self.seeds.len();
+        let start = state.next_seed;
+        let mut errors = Vec::with_capacity(n);
+        for i in (0..n).map(|k| (start + k) % n) {
+            if self.is_closed() {
+                break;
+            }
+            // A caller's deadline may end the attempt while this seed
+            // hangs: the next attempt then begins with the seed after it,
+            // or a hanging first seed would take every attempt.
+            state.next_seed = (i + 1) % n;
+            match self.connect_once(&self.seeds[i]).await {
+                Ok(connection) => {
+                    if i != start {
+                        tracing::info!(connection = %self.name, broker = %self.seeds[i].redacted, "connected to another seed broker");
+                    }
+                    state.next_seed = i;
+                    return Ok(connection);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        state.next_seed = start;
+        if errors.is_empty() {
+            return Err("the bus is shutting down".to_owned());
+        }
+        Err(errors.join("; "))
+    }
+
+    async fn connect_once(&self, seed: &Seed) -> Result<Connection, String> {
         let props =
             ConnectionProperties::default().with_connection_name(LongString::from(self.name.as_str()));
-        let attempt = Connection::connect_uri(self.uri.clone(), props);
+        let attempt = Connection::connect_uri(seed.uri.clone(), props);
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(format!("connecting to {} failed: {e}", self.redacted)),
+            Ok(Err(e)) => Err(format!("connecting to {} failed: {e}", seed.redacted)),
             Err(_) => Err(format!(
                 "connecting to {} timed out after {:?}",
-                self.redacted, self.connect_timeout
+                seed.redacted, self.connect_timeout
             )),
         }
     }
@@ -197,8 +245,9 @@ impl Link {
     /// Forgets `live` if it is still the current connection: a call on it
     /// got no answer, and a connection whose I/O has stopped can still say
     /// it is connected, which would hand it out forever. The next
-    /// `connection()` makes a new one; the old one closes (in lapin's
-    /// background) once its last channel is dropped.
+    /// `connection()` makes a new one, beginning with the next seed broker
+    /// (this one may hang); the old one closes (in lapin's background) once
+    /// its last channel is dropped.
     pub(crate) async fn discard(&self, live: &Live) {
         let mut state = self.state.lock().await;
         if state
@@ -207,6 +256,7 @@ impl Link {
             .is_some_and(|l| l.generation == live.generation)
         {
             state.live = None;
+            state.next_seed = (state.next_seed + 1) % self.seeds.len();
         }
     }
 

@@ -16,6 +16,17 @@
 //! lost connections are re-established with backoff and consumers resume.
 //! Each subscription consumes on a connection of its own.
 //!
+//! Clusters: the URL may list several seed brokers, separated by commas,
+//! that share the credentials, vhost and query
+//! (`amqp://user:pass@rabbit1:5672,rabbit2:5672,rabbit3:5672/%2f`). Each
+//! connection attempt tries them in turn, beginning with the broker after
+//! the one whose connection was lost, and keeps the first that answers;
+//! when every seed fails the link waits (jittered, doubling from
+//! `reconnect_min_backoff` to `reconnect_max_backoff`) and tries again.
+//! Group queues are quorum queues, replicated on the cluster's nodes: when
+//! the node leading a queue dies, its followers elect a leader and the
+//! consumers, reconnected to a live node, go on from there.
+//!
 //! Messages lapin cannot parse: a foreign producer can write a header-table
 //! key or a `content_type` that is not UTF-8; lapin fails to parse the frame
 //! and drops the connection, and the broker sends the message again. The
@@ -47,6 +58,7 @@ mod consumer;
 mod headers;
 mod losses;
 mod publisher;
+mod seeds;
 mod stats;
 mod topology;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use busline_core::wire::HeaderDialect;
 use busline_core::{async_trait, Bus};
 use busline_rabbitmq::{RabbitBus, RabbitConfig};
-use busline_testkit::brokers::{self, Broker, TestBroker};
+use busline_testkit::brokers::{self, Broker, Origin, TestBroker};
 use busline_testkit::{test_settings, BusFixture, WireInput};
 use lapin::{Connection, ConnectionProperties};
 
@@ -18,6 +18,11 @@ use lapin::{Connection, ConnectionProperties};
 pub struct RabbitFixture {
     pub broker: TestBroker,
     pub config: RabbitConfig,
+    /// The command that names a quorum queue's leader
+    /// (`<command> leader <queue>`), kills (`<command> kill <node>`) and
+    /// revives (`<command> revive <node>`) a member of the cluster the
+    /// broker's URL lists.
+    cluster: Option<String>,
 }
 
 impl RabbitFixture {
@@ -28,7 +33,23 @@ impl RabbitFixture {
         Self {
             broker,
             config: RabbitConfig::default(),
+            cluster: None,
         }
+    }
+
+    /// The 3-node cluster of `BUSLINE_TEST_AMQP_CLUSTER_URL` (seed URLs),
+    /// quorum group queues (the default), members killed and revived by
+    /// `BUSLINE_TEST_AMQP_CLUSTER` (`bash .ci/rabbitmq-cluster.sh`); `None`
+    /// when either is unset.
+    pub fn cluster() -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let url = var("BUSLINE_TEST_AMQP_CLUSTER_URL")?;
+        let command = var("BUSLINE_TEST_AMQP_CLUSTER")?;
+        Some(Self {
+            broker: TestBroker::new(url, Origin::Environment),
+            config: RabbitConfig::default(),
+            cluster: Some(command),
+        })
     }
 
     /// The fixture with classic group queues instead of the default quorum
@@ -89,6 +110,52 @@ impl BusFixture for RabbitFixture {
     async fn restart_broker(&self) -> Option<Result<(), String>> {
         let command = brokers::restart_command(Broker::RabbitMq)?;
         Some(brokers::run_restart(&command).await)
+    }
+
+    async fn kill_leader(&self, topic: &str, group: &str) -> Option<Result<String, String>> {
+        let command = self.cluster.as_ref()?;
+        Some(
+            async {
+                let queue = format!("{topic}::{group}");
+                let leader = run_output(&format!("{command} leader '{queue}'")).await?;
+                let leader = leader.trim();
+                if leader.is_empty() || leader.contains(char::is_whitespace) {
+                    return Err(format!("`{command} leader` named no node: {leader:?}"));
+                }
+                brokers::run_restart(&format!("{command} kill {leader}")).await?;
+                Ok(leader.to_owned())
+            }
+            .await,
+        )
+    }
+
+    async fn revive_member(&self, member: &str) -> Result<(), String> {
+        let command = self.cluster.as_ref().ok_or("not a cluster fixture")?;
+        brokers::run_restart(&format!("{command} revive {member}")).await
+    }
+}
+
+/// The standard output of a shell command, `Err` with its output when it
+/// fails; bounded, since it talks to brokers.
+async fn run_output(command: &str) -> Result<String, String> {
+    let run = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .map_err(|_| format!("`{command}` did not finish in 120 s"))?
+        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{command}` failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
