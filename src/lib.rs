@@ -35,22 +35,28 @@
 //! `opentelemetry`.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use busline_core::*;
 
 #[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use busline_memory as memory;
 
 #[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use busline_nats as nats;
 
 #[cfg(feature = "rabbitmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub use busline_rabbitmq as rabbitmq;
 
 #[cfg(feature = "layers")]
+#[cfg_attr(docsrs, doc(cfg(feature = "layers")))]
 pub use busline_layers as layers;
 
 #[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub use busline_kafka as kafka;
 
 /// Connects the backend the configuration's URL names.

@@ -19,6 +19,7 @@
 //! ```
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod codec;
 mod error;
@@ -31,7 +32,9 @@ mod registry;
 pub use codec::{decode_with, Codec};
 pub use error::CodecError;
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 pub use json::{Json, JSON_CONTENT_TYPE};
 #[cfg(feature = "msgpack")]
+#[cfg_attr(docsrs, doc(cfg(feature = "msgpack")))]
 pub use msgpack::{MessagePack, MSGPACK_CONTENT_TYPE};
 pub use registry::{media_type, CodecRegistry};

@@ -65,6 +65,7 @@ impl std::fmt::Debug for CodecRegistry {
 }
 
 #[cfg(feature = "json")]
+#[cfg_attr(docsrs, doc(cfg(feature = "json")))]
 impl Default for CodecRegistry {
     fn default() -> Self {
         Self::json()
@@ -75,6 +76,7 @@ impl CodecRegistry {
     /// Encodes with JSON; decodes JSON and every other built-in codec
     /// compiled in.
     #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     pub fn json() -> Self {
         Self {
             encoder: Entry::Json,
@@ -85,6 +87,7 @@ impl CodecRegistry {
     /// Encodes with MessagePack; decodes it and every other built-in codec
     /// compiled in.
     #[cfg(feature = "msgpack")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "msgpack")))]
     pub fn msgpack() -> Self {
         Self {
             encoder: Entry::MessagePack,

@@ -37,14 +37,17 @@
 //! ```
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod dedup;
 pub mod metrics;
 #[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
 pub mod otel;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 pub mod publisher;
 pub mod rate_limit;
@@ -57,6 +60,7 @@ pub use circuit_breaker::{BreakerHandle, BreakerState, CircuitBreaker, CircuitBr
 pub use dedup::{Dedup, DedupLayer, DedupStore, MemoryDedupStore, SKIP_DUPLICATE};
 pub use metrics::{Metered, MetricsBus, MetricsLayer, MetricsObserver};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PostgresDedupStore, PostgresOptions};
 pub use publisher::{is_circuit_open, CircuitOpen, GuardedBus, PublishPolicy};
 pub use rate_limit::{RateLimit, RateLimitLayer};
