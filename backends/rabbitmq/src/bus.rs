@@ -17,6 +17,7 @@ use crate::headers;
 use crate::losses::LossPolicy;
 use crate::publisher::{Failure, Outgoing, Publisher};
 use crate::stats::{Counters, RabbitStats};
+use crate::retry::RetryTuning;
 use crate::topology::{self, Topology, TopologyError};
 
 /// A connection to RabbitMQ: one AMQP connection for publishing (a pool of
@@ -239,8 +240,11 @@ impl RabbitBus {
 impl EventBus for RabbitBus {
     fn capabilities(&self) -> Capabilities {
         // Competing consumers with prefetch > 1 and requeues reorder events,
-        // and the broker does not deduplicate by message id.
-        Capabilities::none().with_persistent(true)
+        // and the broker does not deduplicate by message id. A release is a
+        // copy with the same attempt number, not a requeue.
+        Capabilities::none()
+            .with_persistent(true)
+            .with_release_keeps_attempt(true)
     }
 
     async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
@@ -325,6 +329,7 @@ impl EventBus for RabbitBus {
                 group: group.into(),
                 queue: names.0,
                 retry_queue: names.1,
+                retry: RetryTuning::new(&self.inner.config),
                 publisher: self.inner.publisher.clone(),
                 topology: self.inner.topology.clone(),
                 link: self.inner.consume_link.clone(),

@@ -51,6 +51,9 @@ impl QueueType {
 /// mandatory = true
 /// reconnect_min_backoff = "100ms"
 /// reconnect_max_backoff = "5s"
+/// retry_bucket_base = "100ms"
+/// dead_letter_backoff = "200ms"
+/// dead_letter_backoff_max = "30s"
 /// ```
 ///
 /// TLS is chosen by the URL: `amqps://` connects with rustls and the
@@ -144,6 +147,25 @@ pub struct RabbitConfig {
     /// connections closed within it, even when the broker does not answer.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// TTL of a group's shortest retry queue. A delayed retry waits in the
+    /// group's queue `<topic>::<group>::retry.<ttl>ms` whose TTL is the
+    /// smallest `retry_bucket_base × 2^k` at least as long as the delay
+    /// asked: never less than asked, less than twice as long (or this base
+    /// when less was asked), and never behind a longer retry. The longest
+    /// bucket is the broker's 32-bit TTL limit (49.7 days).
+    #[serde(with = "humantime_serde")]
+    pub retry_bucket_base: Duration,
+    /// First wait after a dead letter (or a retry copy) could not be
+    /// published: the delivery is parked in a retry queue for it (or, when
+    /// that fails too, held unacked for it) before it is handled again,
+    /// so a DLQ that keeps refusing is never a hot loop. Doubles with each
+    /// further failure of the same event, up to
+    /// [`dead_letter_backoff_max`](Self::dead_letter_backoff_max).
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_backoff: Duration,
+    /// Longest wait between tries of a copy that keeps failing.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_backoff_max: Duration,
 }
 
 impl Default for RabbitConfig {
@@ -163,6 +185,9 @@ impl Default for RabbitConfig {
             confirm_timeout: Duration::from_secs(30),
             operation_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
+            retry_bucket_base: Duration::from_millis(100),
+            dead_letter_backoff: Duration::from_millis(200),
+            dead_letter_backoff_max: Duration::from_secs(30),
         }
     }
 }

@@ -18,6 +18,10 @@ use lapin::BasicProperties;
 /// `cloudEvents_` prefix), so CloudEvents readers ignore it.
 pub(crate) const ATTEMPT_HEADER: &str = "x-busline-attempt";
 
+/// How many times in a row the dead letter of an event parked in a retry
+/// queue failed: its next backoff grows with it.
+pub(crate) const COPY_FAILURES_HEADER: &str = "x-busline-copy-failures";
+
 /// Persistent delivery mode.
 const PERSISTENT: u8 = 2;
 
@@ -26,6 +30,7 @@ const PERSISTENT: u8 = 2;
 /// would otherwise grow on every retry.
 fn is_broker_bookkeeping(name: &str) -> bool {
     name == ATTEMPT_HEADER
+        || name == COPY_FAILURES_HEADER
         || name == "x-death"
         || name.starts_with("x-first-death-")
         || name.starts_with("x-last-death-")
@@ -163,21 +168,29 @@ pub(crate) fn decode(props: &BasicProperties, body: Bytes) -> Result<RawEvent, E
 /// with (1 for a first publish), plus one when the broker redelivers it
 /// after a consumer went away without settling it.
 pub(crate) fn attempt(props: &BasicProperties, redelivered: bool) -> u32 {
-    let stamped = props
-        .headers()
-        .as_ref()
-        .and_then(|t| t.inner().get(ATTEMPT_HEADER))
-        .and_then(value_bytes)
-        .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u32>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let stamped = number(props, ATTEMPT_HEADER).unwrap_or(1).max(1);
     stamped.saturating_add(u32::from(redelivered))
 }
 
-/// A copy of `props` with `headers` and `expiration`, persistent. `user_id`
-/// is dropped: the broker checks it against the republishing connection's
-/// user.
-fn rebuild(props: &BasicProperties, headers: FieldTable, expiration: Option<ShortString>) -> BasicProperties {
+/// The failed dead letters in a row of a parked event (0 for any other).
+pub(crate) fn copy_failures(props: &BasicProperties) -> u32 {
+    number(props, COPY_FAILURES_HEADER).unwrap_or(0)
+}
+
+fn number(props: &BasicProperties, header: &str) -> Option<u32> {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|t| t.inner().get(header))
+        .and_then(value_bytes)
+        .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u32>().ok())
+}
+
+/// A copy of `props` with `headers`, persistent. `user_id` is dropped: the
+/// broker checks it against the republishing connection's user. So is
+/// `expiration`: a copy waiting in a retry queue must expire with the
+/// queue's TTL, and a dead letter must not expire at all.
+fn rebuild(props: &BasicProperties, headers: FieldTable) -> BasicProperties {
     let mut out = BasicProperties::default()
         .with_headers(headers)
         .with_delivery_mode(PERSISTENT);
@@ -200,9 +213,6 @@ fn rebuild(props: &BasicProperties, headers: FieldTable, expiration: Option<Shor
         app_id => with_app_id,
         cluster_id => with_cluster_id
     );
-    if let Some(e) = expiration {
-        out = out.with_expiration(e);
-    }
     out
 }
 
@@ -220,21 +230,17 @@ fn own_headers(props: &BasicProperties) -> BTreeMap<ShortString, AMQPValue> {
         .unwrap_or_default()
 }
 
-/// The properties of a retry: the same message, stamped with its next
-/// attempt number, expiring after `delay_ms` in the retry queue (none for
-/// an immediate retry).
-pub(crate) fn for_retry(
-    props: &BasicProperties,
-    next_attempt: u32,
-    delay_ms: Option<u64>,
-) -> BasicProperties {
+/// The properties of a copy put back into the group's queues (a retry, a
+/// released or parked event): the same message, stamped with the attempt
+/// number it comes back with and, when its dead letter failed, how many
+/// times in a row.
+pub(crate) fn for_retry(props: &BasicProperties, attempt: u32, copy_failures: u32) -> BasicProperties {
     let mut headers = own_headers(props);
-    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(next_attempt));
-    rebuild(
-        props,
-        FieldTable::from(headers),
-        delay_ms.map(|ms| ShortString::from(ms.to_string())),
-    )
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
+    if copy_failures > 0 {
+        headers.insert(COPY_FAILURES_HEADER.into(), AMQPValue::LongUInt(copy_failures));
+    }
+    rebuild(props, FieldTable::from(headers))
 }
 
 /// The properties of a dead letter: the message's own headers, byte for
@@ -251,7 +257,7 @@ pub(crate) fn for_dead_letter(props: &BasicProperties, letter: &DeadLetter) -> B
             AMQPValue::LongString(LongString::from(value.into_bytes())),
         );
     }
-    rebuild(props, FieldTable::from(headers), None)
+    rebuild(props, FieldTable::from(headers))
 }
 
 #[cfg(test)]
@@ -368,19 +374,30 @@ mod tests {
         let event = raw("t");
         let mut headers = own_headers(&encode(&event).unwrap());
         headers.insert("x-death".into(), AMQPValue::Void);
-        let props = encode(&event).unwrap().with_headers(headers.into());
-        let retry = for_retry(&props, 3, Some(250));
+        let props = encode(&event)
+            .unwrap()
+            .with_headers(headers.into())
+            .with_expiration("250".into());
+        let retry = for_retry(&props, 3, 0);
         assert_eq!(attempt(&retry, false), 3);
-        assert_eq!(retry.expiration().as_ref().unwrap().as_str(), "250");
+        assert!(
+            retry.expiration().is_none(),
+            "a retry expires with its queue's TTL"
+        );
         assert!(!retry.headers().as_ref().unwrap().contains_key("x-death"));
+        assert_eq!(copy_failures(&retry), 0);
         assert_eq!(decode(&retry, event.data.bytes.clone()).unwrap(), event);
-        assert!(for_retry(&props, 2, None).expiration().is_none());
+
+        let parked = for_retry(&retry, 3, 2);
+        assert_eq!((attempt(&parked, false), copy_failures(&parked)), (3, 2));
+        assert_eq!(decode(&parked, event.data.bytes.clone()).unwrap(), event);
+        assert_eq!(copy_failures(&for_retry(&parked, 4, 0)), 0, "a retry starts over");
     }
 
     #[test]
     fn dead_letters_keep_the_envelope_and_gain_the_attributes() {
         let event = raw("t");
-        let props = for_retry(&encode(&event).unwrap(), 3, Some(5));
+        let props = for_retry(&encode(&event).unwrap(), 3, 1);
         let letter = DeadLetter {
             reason: DeadLetterReason::MaxAttemptsExceeded,
             error: "boom".into(),
@@ -392,6 +409,7 @@ mod tests {
         let dead = for_dead_letter(&props, &letter);
         assert!(dead.expiration().is_none());
         assert_eq!(attempt(&dead, false), 1, "a dead letter starts its own attempts");
+        assert_eq!(copy_failures(&dead), 0);
         let back = decode(&dead, event.data.bytes.clone()).unwrap();
         assert_eq!(DeadLetter::read(&back).unwrap().reason, letter.reason);
         let mut stripped = back.clone();

@@ -2,12 +2,15 @@
 //!
 //! Topology: a durable topic exchange per topic (the topic's name), routing
 //! key = event type; a durable queue `<topic>::<group>` per group, bound
-//! with `#`; a retry queue `<topic>::<group>::retry` whose messages expire
-//! after their retry delay and dead-letter back into the group's queue; and
-//! the group's dead-letter topic `<topic>.<group>.dlq`, itself an exchange
-//! with a queue for the same group, readable with the same API. Group
-//! queues are quorum queues by default ([`QueueType`]), with a delivery
-//! limit and a parking queue `<topic>::<group>::unparseable` (below).
+//! with `#`; retry queues `<topic>::<group>::retry.<ttl>ms`, one per delay
+//! bucket (TTLs `retry_bucket_base × 2^k`), whose messages expire after the
+//! bucket's TTL and dead-letter back into the group's queue, so a retry
+//! comes back no sooner than asked, less than twice as late, and never
+//! behind a longer one; and the group's dead-letter topic
+//! `<topic>.<group>.dlq`, itself an exchange with a queue for the same
+//! group, readable with the same API. Group queues are quorum queues by
+//! default ([`QueueType`]), with a delivery limit and a parking queue
+//! `<topic>::<group>::unparseable` (below).
 //!
 //! The envelope travels as CloudEvents `cloudEvents_` headers plus the
 //! native properties `message_id`, `correlation_id`, `content_type`,
@@ -58,6 +61,7 @@ mod consumer;
 mod headers;
 mod losses;
 mod publisher;
+mod retry;
 mod seeds;
 mod stats;
 mod topology;

@@ -1,7 +1,8 @@
 //! Exchanges and queues: a durable topic exchange per topic, a durable
-//! queue per (topic, group) bound with `#`, a retry queue per group whose
-//! expired messages dead-letter back into the group's queue, and the same
-//! for the group's dead-letter topic. Every declaration is idempotent.
+//! queue per (topic, group) bound with `#`, and the same for the group's
+//! dead-letter topic; the group's retry queues (delay buckets, see
+//! [`retry`](crate::retry)) are declared when first used. Every
+//! declaration is idempotent.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -13,6 +14,7 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::config::QueueType;
 use crate::connection::{Link, LinkError};
+use crate::retry::{self, Bucket};
 
 /// Why a topology could not be declared.
 #[derive(Debug)]
@@ -78,9 +80,18 @@ pub(crate) fn queue_name(topic: &str, group: &str) -> Result<ShortString, Topolo
     named(format!("{topic}::{group}"))
 }
 
-/// The retry queue of `group` on `topic`: `<topic>::<group>::retry`.
+/// The prefix of the retry queues of `group` on `topic`,
+/// `<topic>::<group>::retry`, checked to leave room for the longest bucket
+/// suffix.
 pub(crate) fn retry_queue_name(topic: &str, group: &str) -> Result<ShortString, TopologyError> {
-    named(format!("{topic}::{group}::retry"))
+    let prefix = named(format!("{topic}::{group}::retry"))?;
+    let longest = prefix.as_str().len() + retry::LONGEST_SUFFIX;
+    if longest > 255 {
+        return Err(TopologyError::InvalidName(format!(
+            "the retry queues `{prefix}.<ttl>ms` are longer than 255 bytes"
+        )));
+    }
+    Ok(prefix)
 }
 
 /// The parking queue of `group` on `topic`: `<topic>::<group>::unparseable`,
@@ -112,6 +123,8 @@ pub(crate) struct Topology {
     exchanges: Mutex<(u64, HashSet<String>)>,
     /// (generation, (topic, group) pairs provisioned on it).
     groups: Mutex<(u64, HashSet<(String, String)>)>,
+    /// (generation, retry buckets declared on it).
+    buckets: Mutex<(u64, HashSet<ShortString>)>,
 }
 
 impl Topology {
@@ -122,6 +135,7 @@ impl Topology {
                 + busline_core::RetryPolicy::default().max_attempts,
             exchanges: Mutex::default(),
             groups: Mutex::default(),
+            buckets: Mutex::default(),
         }
     }
 
@@ -165,6 +179,33 @@ impl Topology {
             .unwrap_or_else(|p| p.into_inner())
             .1
             .remove(&(topic.to_owned(), group.to_owned()));
+    }
+
+    /// Forgets a declared retry bucket (a copy sent to it was returned).
+    pub(crate) fn forget_bucket(&self, bucket: &Bucket) {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .remove(&bucket.name);
+    }
+
+    /// Makes sure a retry bucket exists before a copy is sent to it.
+    pub(crate) async fn ensure_bucket(&self, link: &Link, bucket: &Bucket) -> Result<(), TopologyError> {
+        let live = link.connection().await.map_err(TopologyError::Link)?;
+        if Self::seen(&self.buckets, live.generation, &bucket.name) {
+            return Ok(());
+        }
+        let channel = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(TopologyError::Broker)?;
+        let result = retry::declare_bucket(&channel, self.queue_type, bucket).await;
+        let _ = channel.close(200, "declared".into()).await;
+        result.map_err(TopologyError::Broker)?;
+        Self::remember(&self.buckets, live.generation, bucket.name.clone());
+        Ok(())
     }
 
     /// Makes sure the exchange of `topic` exists before publishing to it.
@@ -218,11 +259,13 @@ impl Topology {
         self.declare_group(channel, topic, group).await
     }
 
-    /// Exchange, group queue (bound with `#`), retry queue.
+    /// Exchange and group queue (bound with `#`).
     async fn declare_group(&self, channel: &Channel, topic: &str, group: &str) -> Result<(), TopologyError> {
         let exchange = exchange_name(topic)?;
         let queue = queue_name(topic, group)?;
-        let retry = retry_queue_name(topic, group)?;
+        // Checked here too, so a group whose retry queues cannot be named
+        // is refused when it subscribes, not at its first retry.
+        retry_queue_name(topic, group)?;
         declare_exchange(channel, exchange.clone()).await?;
         self.declare_group_queue(channel, topic, group, &queue).await?;
         channel
@@ -236,23 +279,6 @@ impl Topology {
             .await
             .map_err(TopologyError::Broker)?;
 
-        // Retries wait here with a per-message TTL and then dead-letter,
-        // through the default exchange, back into the group's queue: delayed
-        // redelivery without broker plugins. A TTL only expires at the head
-        // of the queue, so a delay is never shorter than asked, but may be
-        // longer behind a longer one.
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), text(self.queue_type.as_str()));
-        args.insert("x-dead-letter-exchange".into(), text(""));
-        args.insert("x-dead-letter-routing-key".into(), text(queue.as_str()));
-        if self.queue_type == QueueType::Quorum {
-            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-            args.insert("x-overflow".into(), text("reject-publish"));
-        }
-        channel
-            .queue_declare(retry, QueueDeclareOptions::durable(), args)
-            .await
-            .map_err(TopologyError::Broker)?;
         Ok(())
     }
 }
@@ -365,5 +391,8 @@ mod tests {
         assert!(exchange_name("amq.topic").is_err());
         assert!(queue_name("orders", "").is_err());
         assert!(queue_name(&"x".repeat(300), "g").is_err());
+        let room = 255 - "::g::retry".len() - retry::LONGEST_SUFFIX;
+        assert!(retry_queue_name(&"x".repeat(room), "g").is_ok());
+        assert!(retry_queue_name(&"x".repeat(room + 1), "g").is_err());
     }
 }

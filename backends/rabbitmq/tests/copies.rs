@@ -122,15 +122,23 @@ async fn a_retry_is_kept_when_the_retry_queue_was_deleted() {
         .start()
         .await
         .unwrap();
-    let raw = fixture.plain().await;
-    delete_queue(&raw, &format!("{topic}::{group}::retry")).await;
-
+    // The first retry declares the 100 ms bucket a 50 ms retry waits in;
+    // deleted then, the second retry's copy is returned.
     bus.publish(&topic, Ping::new(1)).await.unwrap();
     attempts
-        .wait_until(WAIT, "the retried attempt", |a| a.contains(&2))
+        .wait_until(WAIT, "the first retried attempt", |a| a.contains(&2))
+        .await;
+    let raw = fixture.plain().await;
+    delete_queue(&raw, &format!("{topic}::{group}::retry.100ms")).await;
+
+    bus.publish(&topic, Ping::new(2)).await.unwrap();
+    attempts
+        .wait_until(WAIT, "the second retried attempt", |a| {
+            a.iter().filter(|n| **n == 2).count() == 2
+        })
         .await;
     let stats = router.shutdown().await.unwrap();
-    assert_eq!((stats.retried, stats.handled), (1, 1), "{stats:?}");
+    assert_eq!((stats.retried, stats.handled), (2, 2), "{stats:?}");
     let _ = raw.close(200, "done".into()).await;
     bus.shutdown().await;
 }
