@@ -4,21 +4,19 @@
 //! publishing an enriched copy to the DLQ topic and then acking; release
 //! by republishing a copy with the same attempt number. A copy is always
 //! confirmed before the original is acked, so a failure in between
-//! duplicates, never loses.
+//! duplicates, never loses. How copies are published: [`group`](crate::group).
 //!
-//! Copies are published `mandatory`: a retry or dead-letter queue that an
-//! operator deleted makes the broker return the copy (and still confirm
-//! it), which would otherwise drop it silently and let the original be
-//! acked. A returned copy redeclares the group's topology and is sent once
-//! more.
-//!
-//! A copy that still fails is not handed back for immediate redelivery,
-//! which would be a hot loop while the broker keeps refusing it. A failed
-//! dead letter parks the event in a retry bucket for a backoff that grows
-//! with each failure of the same event (counted in a header); a failed
-//! retry copy, or a failed park, holds the original unacked for the
-//! backoff (the asked retry delay, within the backoff bounds) before it
-//! goes back to the broker.
+//! A copy the broker refuses is not answered by handing the original back
+//! for immediate redelivery, which is a hot loop while the broker keeps
+//! refusing (and, on a quorum queue, uses up its delivery limit):
+//! - a dead letter: the event is parked in a delay bucket for a backoff
+//!   that grows with each failure of the same event (counted in a header),
+//!   then handled, and dead-lettered, again; the group's other events go on
+//!   meanwhile;
+//! - a retry copy, or a park that fails too: the original is held unacked
+//!   and the copy sent again after the backoff, until it is taken, the bus
+//!   shuts down, the channel is lost, or the holds add up to their limit;
+//!   only then does the original go back to the broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,121 +26,12 @@ use bytes::Bytes;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
-use tokio::sync::watch;
 
-use crate::connection::Link;
+use crate::group::Copy;
+pub(crate) use crate::group::GroupContext;
 use crate::headers;
-use crate::publisher::{Failure, Outgoing, Publisher};
-use crate::retry::{Bucket, RetryTuning};
-use crate::topology::{self, Topology};
-
-/// What every delivery of one subscription shares.
-pub(crate) struct GroupContext {
-    pub(crate) topic: Arc<str>,
-    pub(crate) group: Arc<str>,
-    pub(crate) queue: ShortString,
-    /// `<topic>::<group>::retry`, the prefix of the group's delay buckets.
-    pub(crate) retry_queue: ShortString,
-    pub(crate) retry: RetryTuning,
-    pub(crate) publisher: Arc<Publisher>,
-    /// Where a missing queue is redeclared from.
-    pub(crate) topology: Arc<Topology>,
-    pub(crate) link: Arc<Link>,
-    /// Bound of every call to the broker (acks, declarations).
-    pub(crate) operation_timeout: Duration,
-    pub(crate) closed: watch::Receiver<bool>,
-}
-
-impl GroupContext {
-    /// The bucket a retry delayed by `delay` (> 0) waits in.
-    fn bucket(&self, delay: Duration) -> Bucket {
-        Bucket::new(
-            self.retry_queue.as_str(),
-            self.retry.bucket_ttl_ms(delay),
-            &self.queue,
-        )
-    }
-
-    async fn ensure_bucket(&self, bucket: &Bucket) -> Result<(), Failure> {
-        tokio::time::timeout(
-            self.operation_timeout,
-            self.topology.ensure_bucket(&self.link, bucket),
-        )
-        .await
-        .map_err(|_| Failure::Timeout)?
-        .map_err(|e| Failure::Connection(format!("declaring the retry queue {} failed: {e}", bucket.name)))
-    }
-
-    /// Publishes a copy into the group's own queue (no bucket) or into
-    /// `bucket`, through the default exchange: straight into this group's
-    /// queues, not to the other groups of the topic.
-    async fn publish_to_group(
-        &self,
-        bucket: Option<&Bucket>,
-        properties: &BasicProperties,
-        body: &[u8],
-    ) -> Result<(), Failure> {
-        let (queue, missing) = match bucket {
-            Some(b) => {
-                self.ensure_bucket(b).await?;
-                (&b.name, Missing::Bucket(b))
-            }
-            None => (&self.queue, Missing::Group),
-        };
-        self.publish_copy(missing, || Outgoing {
-            exchange: ShortString::from(""),
-            routing_key: queue.clone(),
-            properties: properties.clone(),
-            body,
-            mandatory: true,
-        })
-        .await
-    }
-
-    /// Publishes a retry or dead-letter copy, mandatory. When the broker
-    /// returns it or the exchange is gone, what it was meant for is
-    /// declared again and the copy is sent once more.
-    async fn publish_copy<'a>(
-        &self,
-        missing: Missing<'_>,
-        message: impl Fn() -> Outgoing<'a>,
-    ) -> Result<(), Failure> {
-        match self.publisher.publish(message()).await {
-            Err(Failure::Unroutable(why) | Failure::NotFound(why)) => {
-                tracing::warn!(
-                    topic = %self.topic, group = %self.group, reason = %why,
-                    "a retry or dead-letter copy found no queue; declaring it again"
-                );
-                match missing {
-                    Missing::Group => {
-                        self.topology.forget_group(&self.topic, &self.group);
-                        tokio::time::timeout(
-                            self.operation_timeout,
-                            self.topology.provision(&self.link, &self.topic, &self.group),
-                        )
-                        .await
-                        .map_err(|_| Failure::Timeout)?
-                        .map_err(|e| Failure::Connection(format!("redeclaring the topology failed: {e}")))?;
-                    }
-                    Missing::Bucket(b) => {
-                        self.topology.forget_bucket(b);
-                        self.ensure_bucket(b).await?;
-                    }
-                }
-                self.publisher.publish(message()).await
-            }
-            other => other,
-        }
-    }
-}
-
-/// What to declare again when a copy finds no queue.
-enum Missing<'b> {
-    /// The group's queues and exchanges, and those of its DLQ.
-    Group,
-    /// A delay bucket.
-    Bucket(&'b Bucket),
-}
+use crate::publisher::Failure;
+use crate::topology;
 
 /// The message as received, kept for republishing.
 pub(crate) struct Received {
@@ -178,7 +67,7 @@ impl RabbitAcker {
     }
 
     fn error(&self, kind: SettleErrorKind) -> SettleError {
-        let kind = if *self.group.closed.borrow() {
+        let kind = if self.group.is_closed() {
             SettleErrorKind::Closed
         } else {
             kind
@@ -214,24 +103,6 @@ impl RabbitAcker {
         }
     }
 
-    /// Holds the original unacked for `delay` (less when the bus shuts
-    /// down), then gives it back: it takes a prefetch slot meanwhile, which
-    /// slows the consumer down while the broker refuses copies.
-    async fn requeue_original_after(&mut self, delay: Duration) {
-        if !self.channel.status().connected() {
-            // Its channel is gone, so the broker has taken it back already
-            // and the consumer has to reconnect first: no loop to slow down.
-            self.requeue_original().await;
-            return;
-        }
-        let mut closed = self.group.closed.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = closed.wait_for(|c| *c) => {}
-        }
-        self.requeue_original().await;
-    }
-
     fn settle_failure(&self, failure: Failure, kind: SettleErrorKind) -> SettleError {
         let kind = match failure {
             Failure::Closed => SettleErrorKind::Closed,
@@ -240,31 +111,59 @@ impl RabbitAcker {
         self.error(kind).with_source(failure)
     }
 
-    /// After its dead letter failed: parks the event in a retry bucket for
-    /// the backoff of its `failures`-th failure in a row, with the same
-    /// attempt number, so it is handled (and dead-lettered) again later;
-    /// or, when that fails too, holds it for the backoff.
-    async fn park(&mut self, failures: u32) {
-        let delay = self.group.retry.copy_backoff(failures);
-        let bucket = self.group.bucket(delay);
-        let properties = headers::for_retry(&self.message.properties, self.message.attempt, failures);
-        let parked = self
-            .group
-            .publish_to_group(Some(&bucket), &properties, &self.message.body)
-            .await;
-        let result = match parked {
-            Ok(()) => self.ack_original().await.map_err(|e| e.to_string()),
-            Err(e) => {
-                self.requeue_original_after(delay).await;
-                Err(e.to_string())
-            }
+    /// Sends `copy`; while the broker refuses it, holds the original
+    /// unacked (a prefetch slot, so a consumer whose copies all fail slows
+    /// down to a stop) and sends it again after a growing backoff. Gives
+    /// up with the last failure when the bus shuts down, the channel is
+    /// gone (the broker has taken the original back then), or the next
+    /// wait would pass the hold limit.
+    async fn send_patiently(&self, copy: &Copy) -> Result<(), Failure> {
+        let mut last = match self.group.send(copy, &self.message.body).await {
+            Ok(()) => return Ok(()),
+            Err(f) => f,
         };
-        match result {
-            Ok(()) => {}
-            Err(e) => tracing::warn!(
-                topic = %self.group.topic, group = %self.group.group, failures, ?delay, error = %e,
-                "parking an event whose dead letter failed went wrong; the broker redelivers it"
-            ),
+        let retry = &self.group.retry;
+        let mut closed = self.group.closed.clone();
+        let (mut failures, mut held) = (1u32, Duration::ZERO);
+        loop {
+            let wait = retry.copy_backoff(failures);
+            held += wait;
+            if matches!(last, Failure::Closed)
+                || self.group.is_closed()
+                || !self.channel.status().connected()
+                || held > retry.hold_limit()
+            {
+                return Err(last);
+            }
+            tracing::warn!(
+                topic = %self.group.topic, group = %self.group.group, failures, retry_in = ?wait, error = %last,
+                "a retry or dead-letter copy was refused; the delivery is held and the copy sent again"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = closed.wait_for(|c| *c) => return Err(last),
+            }
+            match self.group.send(copy, &self.message.body).await {
+                Ok(()) => return Ok(()),
+                Err(f) => last = f,
+            }
+            failures = failures.saturating_add(1);
+        }
+    }
+
+    /// After its dead letter failed for the `failures`-th time in a row:
+    /// parks the event in a delay bucket for the backoff, with the same
+    /// attempt number, so it is handled (and dead-lettered) again then.
+    async fn park(&mut self, failures: u32) -> Result<(), SettleError> {
+        let delay = self.group.retry.copy_backoff(failures);
+        let properties = headers::for_retry(&self.message.properties, self.message.attempt, failures);
+        let copy = self.group.retry_copy(delay, properties);
+        match self.send_patiently(&copy).await {
+            Ok(()) => self.ack_original().await,
+            Err(failure) => {
+                self.requeue_original().await;
+                Err(self.settle_failure(failure, SettleErrorKind::DeadLetterPublish))
+            }
         }
     }
 }
@@ -277,19 +176,10 @@ impl Acknowledge for RabbitAcker {
 
     async fn nack(mut self: Box<Self>, retry_after: Duration) -> Result<(), SettleError> {
         let next = self.message.attempt.saturating_add(1);
-        let bucket = (!retry_after.is_zero()).then(|| self.group.bucket(retry_after));
         let properties = headers::for_retry(&self.message.properties, next, 0);
-        let sent = self
-            .group
-            .publish_to_group(bucket.as_ref(), &properties, &self.message.body)
-            .await;
-        if let Err(failure) = sent {
-            let hold = self.group.retry.hold_for(retry_after);
-            tracing::warn!(
-                topic = %self.group.topic, group = %self.group.group, ?hold, error = %failure,
-                "a retry copy could not be published; the event goes back to the broker after the hold"
-            );
-            self.requeue_original_after(hold).await;
+        let copy = self.group.retry_copy(retry_after, properties);
+        if let Err(failure) = self.send_patiently(&copy).await {
+            self.requeue_original().await;
             return Err(self.settle_failure(failure, SettleErrorKind::Other));
         }
         self.ack_original().await
@@ -301,11 +191,8 @@ impl Acknowledge for RabbitAcker {
         // (and, on a quorum queue, in its delivery count).
         let failures = headers::copy_failures(&self.message.properties);
         let properties = headers::for_retry(&self.message.properties, self.message.attempt, failures);
-        let sent = self
-            .group
-            .publish_to_group(None, &properties, &self.message.body)
-            .await;
-        if let Err(failure) = sent {
+        let copy = self.group.retry_copy(Duration::ZERO, properties);
+        if let Err(failure) = self.group.send(&copy, &self.message.body).await {
             // The consumer is going away: back at once, as an attempt.
             self.requeue_original().await;
             return Err(self.settle_failure(failure, SettleErrorKind::Other));
@@ -317,32 +204,36 @@ impl Acknowledge for RabbitAcker {
         let dlq = letter.dead_letter_topic();
         let sent = match topology::exchange_name(&dlq) {
             Ok(exchange) => {
-                let properties = headers::for_dead_letter(&self.message.properties, &letter);
+                let copy = Copy::DeadLetter {
+                    exchange,
+                    routing_key: self.message.routing_key.clone(),
+                    properties: headers::for_dead_letter(&self.message.properties, &letter),
+                };
                 self.group
-                    .publish_copy(Missing::Group, || Outgoing {
-                        exchange: exchange.clone(),
-                        routing_key: self.message.routing_key.clone(),
-                        properties: properties.clone(),
-                        body: &self.message.body,
-                        mandatory: true,
-                    })
+                    .send(&copy, &self.message.body)
                     .await
                     .map_err(|f| self.settle_failure(f, SettleErrorKind::DeadLetterPublish))
             }
             Err(e) => Err(self.error(SettleErrorKind::DeadLetterPublish).with_source(e)),
         };
-        if let Err(e) = sent {
-            // Not in the DLQ: the event comes back, later each time, since
-            // a DLQ that refuses one letter refuses the next one at once.
-            let failures = headers::copy_failures(&self.message.properties).saturating_add(1);
+        let Err(e) = sent else {
+            return self.ack_original().await;
+        };
+        // Not in the DLQ: the event comes back, later each time, since a
+        // DLQ that refuses one letter refuses the next one at once.
+        let failures = headers::copy_failures(&self.message.properties).saturating_add(1);
+        tracing::warn!(
+            topic = %self.group.topic, group = %self.group.group, dlq, failures,
+            retry_in = ?self.group.retry.copy_backoff(failures), error = %e,
+            "dead letter not published; the event comes back after a backoff"
+        );
+        if let Err(parking) = self.park(failures).await {
             tracing::warn!(
-                topic = %self.group.topic, group = %self.group.group, dlq, failures, error = %e,
-                "dead letter not published; the event comes back after a backoff"
+                topic = %self.group.topic, group = %self.group.group, error = %parking,
+                "parking an event whose dead letter failed went wrong; the broker redelivers it"
             );
-            self.park(failures).await;
-            return Err(e);
         }
-        self.ack_original().await
+        Err(e)
     }
 }
 

@@ -155,12 +155,17 @@ pub struct RabbitConfig {
     /// bucket is the broker's 32-bit TTL limit (49.7 days).
     #[serde(with = "humantime_serde")]
     pub retry_bucket_base: Duration,
-    /// First wait after a dead letter (or a retry copy) could not be
-    /// published: the delivery is parked in a retry queue for it (or, when
-    /// that fails too, held unacked for it) before it is handled again,
-    /// so a DLQ that keeps refusing is never a hot loop. Doubles with each
-    /// further failure of the same event, up to
-    /// [`dead_letter_backoff_max`](Self::dead_letter_backoff_max).
+    /// First wait after a dead letter or a retry copy could not be
+    /// published (the DLQ or retry queue refused, deleted and not
+    /// declarable, the broker unreachable), instead of an immediate
+    /// redelivery, which would be a hot loop. A dead letter: the event is
+    /// parked in a retry queue for the wait, then handled (and
+    /// dead-lettered) again, while the group's other events go on. A retry
+    /// copy (or a park that fails too): the delivery is held unacked and
+    /// the copy sent again after the wait; after
+    /// 4 × [`dead_letter_backoff_max`](Self::dead_letter_backoff_max) of
+    /// holds in all, the delivery goes back to the broker. The wait
+    /// doubles with each further failure, up to `dead_letter_backoff_max`.
     #[serde(with = "humantime_serde")]
     pub dead_letter_backoff: Duration,
     /// Longest wait between tries of a copy that keeps failing.

@@ -58,6 +58,7 @@ mod bus;
 mod config;
 mod connection;
 mod consumer;
+mod group;
 mod headers;
 mod losses;
 mod publisher;

@@ -77,12 +77,13 @@ impl RetryTuning {
             .min(self.copy_backoff_max)
     }
 
-    /// How long a delivery is held before it goes back to the broker when
-    /// its retry copy could not be published: the asked delay, within the
-    /// backoff bounds (never at once, never for longer than the broker lets
-    /// a delivery stay unacked comfortably).
-    pub(crate) fn hold_for(&self, retry_after: Duration) -> Duration {
-        retry_after.clamp(self.copy_backoff, self.copy_backoff_max)
+    /// How long, in all, a delivery is held unacked while its copy is
+    /// refused before it goes back to the broker: four of the longest
+    /// backoffs (2 min by default), far below the broker's
+    /// `consumer_timeout` (30 min by default), which would close the
+    /// channel.
+    pub(crate) fn hold_limit(&self) -> Duration {
+        self.copy_backoff_max.saturating_mul(4)
     }
 }
 
@@ -196,9 +197,7 @@ mod tests {
         );
         assert_eq!(t.copy_backoff(0).as_millis(), 200);
         assert_eq!(t.copy_backoff(u32::MAX).as_millis(), 30_000);
-        assert_eq!(t.hold_for(Duration::ZERO).as_millis(), 200);
-        assert_eq!(t.hold_for(Duration::from_secs(5)).as_millis(), 5_000);
-        assert_eq!(t.hold_for(Duration::from_secs(600)).as_millis(), 30_000);
+        assert_eq!(t.hold_limit().as_secs(), 120);
     }
 
     #[test]

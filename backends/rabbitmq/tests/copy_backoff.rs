@@ -1,6 +1,8 @@
 //! A dead letter or retry copy the broker keeps refusing is not a hot loop
-//! (issue 10, #9): the delivery comes back after a backoff, not at once,
-//! and nothing is lost once the broker takes the copy again.
+//! (issue 10, #9): an event whose dead letter is refused comes back after a
+//! growing backoff, not at once; one whose retry copy is refused is held
+//! while the copy is sent again after a backoff; nothing is lost once the
+//! broker takes the copy again.
 //!
 //! The refusals are made on the real broker after the router declared its
 //! queues: the DLQ exchange replaced by a fanout exchange with no queue
@@ -161,7 +163,7 @@ async fn a_refused_dead_letter_comes_back_after_a_backoff() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_retry_copy_comes_back_after_a_backoff() {
+async fn a_refused_retry_copy_is_sent_again_after_a_backoff() {
     const BACKOFF: Duration = Duration::from_millis(500);
     let fixture = RabbitFixture::new().await;
     let bus = bus(&fixture, &unique("retry-refused")).await;
