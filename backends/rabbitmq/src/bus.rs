@@ -16,8 +16,8 @@ use crate::consumer::Member;
 use crate::headers;
 use crate::losses::LossPolicy;
 use crate::publisher::{Failure, Outgoing, Publisher};
-use crate::stats::{Counters, RabbitStats};
 use crate::retry::RetryTuning;
+use crate::stats::{Counters, RabbitStats};
 use crate::topology::{self, Topology, TopologyError};
 
 /// A connection to RabbitMQ: one AMQP connection for publishing (a pool of
