@@ -25,6 +25,13 @@ echo "== package (cargo package --workspace, verified)"
 # earlier run. So remove those copies and what was built from them, found
 # by the dep-info files that name them; no crates.io package is named
 # busline*.
+#
+# Two runs at once on one machine would delete each other's copies, so runs
+# take turns (the lock is held until cargo package is done).
+cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+mkdir -p "$cargo_home"
+exec 9>"$cargo_home/.busline-package.lock"
+flock 9
 deps_dir="$CARGO_TARGET_DIR/debug/deps"
 if [ -d "$deps_dir" ]; then
     { grep -l -s '/registry/src/[^/ ]*/busline' "$deps_dir"/busline*.d || true; } |
@@ -34,7 +41,7 @@ if [ -d "$deps_dir" ]; then
             rm -rf "$CARGO_TARGET_DIR"/debug/.fingerprint/*-"${unit##*-}"
         done
 fi
-rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/busline*
+rm -rf "$cargo_home"/registry/src/*/busline*
 # --allow-dirty: a developer's tree has uncommitted work, and the check is
 # about what the package would contain, not about git.
 # --all-features: every optional module must build from the package too.
@@ -45,6 +52,7 @@ rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/busline*
 # `cargo nextest run -p busline-kafka --all-features` builds too (once per
 # target directory, about 2 minutes).
 cargo package --workspace --all-features --allow-dirty --locked
+exec 9>&-
 
 echo "== cargo deny (licenses, bans)"
 if ! command -v cargo-deny >/dev/null 2>&1; then
