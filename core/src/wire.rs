@@ -336,6 +336,24 @@ pub(crate) struct Attributes {
     pub(crate) content_type: Option<String>,
 }
 
+impl Attributes {
+    /// The event these attributes describe, with its extensions and payload.
+    pub(crate) fn into_event(self, extensions: BTreeMap<String, String>, data: Payload) -> RawEvent {
+        DomainEvent {
+            id: self.id,
+            event_type: self.event_type,
+            version: self.version,
+            source: self.source,
+            time: self.time,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            key: self.key,
+            extensions,
+            data,
+        }
+    }
+}
+
 /// Reads the envelope's attributes through `take` (which hands each named
 /// attribute over once), the same way for headers and for a structured
 /// body: required ones present and not empty, specversion 1.0, a time that
@@ -514,7 +532,7 @@ where
             .position(|k| *k == name)
             .and_then(|i| known[i].take())
     };
-    let a = read_attributes(take, native.key)?;
+    let mut a = read_attributes(take, native.key)?;
     if let Some(name) = attrs.keys().find(|k| attr::RESERVED.contains(&k.as_str())) {
         return Err(EnvelopeError::Reserved { name: name.clone() });
     }
@@ -522,27 +540,19 @@ where
         .content_type
         .map(str::to_owned)
         .or(content_type_header)
-        .or(a.content_type)
+        .or(a.content_type.take())
         .filter(|c| !c.is_empty())
         .ok_or_else(|| EnvelopeError::Missing {
             attribute: attr::DATACONTENTTYPE.into(),
         })?;
 
-    Ok(DomainEvent {
-        id: a.id,
-        event_type: a.event_type,
-        version: a.version,
-        source: a.source,
-        time: a.time,
-        correlation_id: a.correlation_id,
-        causation_id: a.causation_id,
-        key: a.key,
-        extensions: attrs,
-        data: Payload {
+    Ok(a.into_event(
+        attrs,
+        Payload {
             content_type,
             bytes: body,
         },
-    })
+    ))
 }
 
 mod structured;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{attr, is_valid_attribute_name, read_attributes, SPEC_VERSION};
-use crate::{DomainEvent, EnvelopeError, Payload, RawEvent};
+use crate::{EnvelopeError, Payload, RawEvent};
 
 /// The media type of a structured-mode event in the JSON format.
 pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
@@ -121,8 +121,8 @@ pub fn decode_structured(body: &[u8], native_key: Option<&[u8]>) -> Result<RawEv
             }
         }
     }
-    let a = read_attributes(|name| attrs.remove(name), native_key)?;
-    let declared = a.content_type;
+    let mut a = read_attributes(|name| attrs.remove(name), native_key)?;
+    let declared = a.content_type.take();
     if let Some(name) = attrs.keys().find(|k| attr::RESERVED.contains(&k.as_str())) {
         return Err(EnvelopeError::Reserved { name: name.clone() });
     }
@@ -171,18 +171,7 @@ pub fn decode_structured(body: &[u8], native_key: Option<&[u8]>) -> Result<RawEv
             attribute: attr::DATACONTENTTYPE.into(),
         });
     }
-    Ok(DomainEvent {
-        id: a.id,
-        event_type: a.event_type,
-        version: a.version,
-        source: a.source,
-        time: a.time,
-        correlation_id: a.correlation_id,
-        causation_id: a.causation_id,
-        key: a.key,
-        extensions: attrs,
-        data: Payload { content_type, bytes },
-    })
+    Ok(a.into_event(attrs, Payload { content_type, bytes }))
 }
 
 /// Writes `event` as a structured-mode JSON event (the body of a message
