@@ -13,12 +13,9 @@ async fn s19_cluster_member_killed_mid_stream() {
         eprintln!("SKIPPED s19 on nats: BUSLINE_TEST_NATS_CLUSTER_URL / BUSLINE_TEST_NATS_CLUSTER unset");
         return;
     };
-    let failover = busline_testkit::scenarios::cluster_member_killed_mid_stream(&fixture)
+    // The scenario asserts what it measures; `None` would mean the fixture
+    // did not kill anything.
+    busline_testkit::scenarios::cluster_member_killed_mid_stream(&fixture)
         .await
         .expect("the cluster fixture kills its leader");
-    assert_eq!(failover.confirmed, fixture_len(&fixture));
-}
-
-fn fixture_len(fixture: &common::NatsFixture) -> u64 {
-    busline_testkit::BusFixture::restart_stream_len(fixture)
 }

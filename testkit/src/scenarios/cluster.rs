@@ -73,6 +73,8 @@ pub async fn cluster_member_killed_mid_stream(fixture: &dyn BusFixture) -> Optio
                         "the fixture has no cluster it controls",
                     );
                     router.shutdown().await.unwrap();
+                    publisher.shutdown().await;
+                    consumer.shutdown().await;
                     return None;
                 }
                 Some(Err(e)) => panic!("killing the leader on {}: {e}", fixture.name()),
@@ -121,11 +123,13 @@ pub async fn cluster_member_killed_mid_stream(fixture: &dyn BusFixture) -> Optio
         .wait_until(
             Duration::from_secs(300),
             "every confirmed event across the failover",
+            // The count first: the set is built only once enough arrived.
             |s| {
-                s.iter()
-                    .map(|(q, _)| *q)
-                    .collect::<BTreeSet<_>>()
-                    .is_superset(&confirmed)
+                s.len() >= confirmed.len()
+                    && s.iter()
+                        .map(|(q, _)| *q)
+                        .collect::<BTreeSet<_>>()
+                        .is_superset(&confirmed)
             },
         )
         .await;

@@ -322,7 +322,8 @@ pub async fn broker_restart_loses_no_confirmed_event(fixture: &dyn BusFixture) {
     seen.wait_until(
         Duration::from_secs(300),
         "every confirmed event after two broker restarts",
-        |s| s.iter().copied().collect::<BTreeSet<_>>().is_superset(&confirmed),
+        // The count first: the set is built only once enough arrived.
+        |s| s.len() >= confirmed.len() && s.iter().copied().collect::<BTreeSet<_>>().is_superset(&confirmed),
     )
     .await;
     router.shutdown().await.unwrap();
