@@ -16,12 +16,13 @@
 //! deliveries already handed out keep their channel (and so the
 //! connection) open until they are settled.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use busline_core::{ConsumeError, ConsumeErrorKind, Delivery, Subscription};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
@@ -96,6 +97,9 @@ struct State {
     careful: Option<u32>,
     /// The full prefetch is due again (on the next poll).
     restore: bool,
+    /// Deliveries the prefetch-1 consumer had received when it was
+    /// replaced, handed out before the new consumer's.
+    pending: VecDeque<Delivery>,
     parking: Option<ParkingWatch>,
     /// The stream failed with a typed error; it ends.
     failed: bool,
@@ -129,6 +133,7 @@ impl Member {
             unparseable_streak: 0,
             careful: None,
             restore: false,
+            pending: VecDeque::new(),
             parking,
             failed: false,
         };
@@ -242,6 +247,10 @@ impl State {
             if self.restore {
                 self.restore = false;
                 self.restore_prefetch().await;
+            }
+            if let Some(delivery) = self.pending.pop_front() {
+                self.progress();
+                return Some(Ok(delivery));
             }
             let Some(current) = &mut self.current else {
                 self.current = self.reconnect().await;
@@ -379,19 +388,33 @@ impl State {
     async fn restore_prefetch(&mut self) {
         let Some(current) = &mut self.current else { return };
         let member = &self.member;
+        let mut received = Vec::new();
         let swap = async {
             let tag = current.consumer.tag();
             current
                 .channel
                 .basic_cancel(tag, BasicCancelOptions::default())
                 .await?;
+            // The delivery handed out last may be settled already, and the
+            // broker may have sent the next one before the cancel: lapin
+            // has queued it in the old consumer by the time the cancel is
+            // confirmed, and does not give it back. Dropped with the old
+            // consumer it would stay unacked on this open channel, holding
+            // a prefetch slot, until the channel closes.
+            while let Some(Some(Ok(d))) = current.consumer.next().now_or_never() {
+                received.push(d);
+            }
             current
                 .channel
                 .basic_qos(member.prefetch, BasicQosOptions::default())
                 .await?;
             member.consume(&current.channel).await
         };
-        let why = match tokio::time::timeout(member.group.operation_timeout, swap).await {
+        let swapped = tokio::time::timeout(member.group.operation_timeout, swap).await;
+        for d in received {
+            self.pending.push_back(member.delivery(&current.channel, d));
+        }
+        let why = match swapped {
             Ok(Ok(consumer)) => {
                 current.consumer = consumer;
                 return;

@@ -441,3 +441,47 @@ async fn a_group_queue_of_another_type_is_a_typed_error_naming_the_queue_and_the
         within(Duration::from_secs(45), "the bus to shut down", b.shutdown()).await;
     }
 }
+
+/// A subscriber that settles each delivery before asking for the next one:
+/// when the consumer goes back from prefetch 1 to the full prefetch, the
+/// broker may already have sent the next event to the prefetch-1 consumer.
+/// That event must be handed out, not left unacked on the open channel
+/// (where it would wait for the channel to close, up to the broker's
+/// `consumer_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_an_event_sent_while_the_prefetch_is_restored_is_handed_out() {
+    const EVENTS: u64 = 40;
+    let fixture = RabbitFixture::new().await;
+    let (rabbit, bus) = bus(&fixture, &unique("unparseable-restore"), QueueType::Quorum).await;
+    let (topic, group) = (unique("unparseable-restore"), unique("g"));
+    bus.provision(&topic, &group).await.unwrap();
+    raw::publish(&fixture.broker.url, &[poison(&topic, Spoiled::HeaderName)], LIMIT)
+        .await
+        .unwrap();
+    for s in 0..EVENTS {
+        bus.publish(&topic, Ping::new(s)).await.unwrap();
+    }
+    // A small prefetch: the full prefetch comes back after 2 deliveries.
+    let mut sub = bus
+        .subscribe(&topic, &group, SubscribeOptions::default().max_in_flight(2))
+        .await
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    within(WAIT, "every valid event, settled one at a time", async {
+        while seen.len() < EVENTS as usize {
+            let d = sub.next().await.expect("the stream goes on").expect("a delivery");
+            let id = d.event().expect("a valid event").id.clone();
+            seen.insert(id);
+            d.ack().await.unwrap();
+            // Work between settling and asking again: time for the broker
+            // to send the next event to the prefetch-1 consumer.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let stats = rabbit.stats();
+    eprintln!("quorum, prefetch restored under a sequential subscriber: {stats:?}");
+    assert!(stats.unparseable_losses >= 1, "the poison was met: {stats:?}");
+    drop(sub);
+    within(Duration::from_secs(45), "the bus to shut down", bus.shutdown()).await;
+}
