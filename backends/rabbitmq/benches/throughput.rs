@@ -303,11 +303,14 @@ fn main() {
             bus.provision(&bus_topic, stream_group).await.unwrap();
             bus.provision(&bus_topic, router_group).await.unwrap();
             queues.extend(raw_queues.iter().cloned());
+            // What provisioning declares on quorum queues: each group's
+            // queue and parking queue, for the group and its DLQ. (Retry
+            // buckets are declared at the first retry; nothing retries here.)
             for g in [stream_group, router_group] {
-                queues.push(format!("{bus_topic}::{g}"));
-                queues.push(format!("{bus_topic}::{g}::retry"));
-                queues.push(format!("{bus_topic}.{g}.dlq::{g}"));
-                queues.push(format!("{bus_topic}.{g}.dlq::{g}::retry"));
+                for q in [format!("{bus_topic}::{g}"), format!("{bus_topic}.{g}.dlq::{g}")] {
+                    queues.push(format!("{q}::unparseable"));
+                    queues.push(q);
+                }
             }
 
             let (raw_pub, bus_pub) = if round % 2 == 1 {

@@ -193,15 +193,9 @@ async fn a_refused_retry_copy_is_sent_again_after_a_backoff() {
         .await
         .unwrap();
     let raw = fixture.plain().await;
-    // Where a 500 ms retry waits: the per-message-TTL queue of busline
-    // before delay buckets, and the 800 ms bucket since.
-    let queues = [
-        format!("{topic}::{group}::retry"),
-        format!("{topic}::{group}::retry.800ms"),
-    ];
-    for q in &queues {
-        replace_with_refusing_queue(&raw, q).await;
-    }
+    // Where a 500 ms retry waits: the 800 ms bucket.
+    let bucket = format!("{topic}::{group}::retry.800ms");
+    replace_with_refusing_queue(&raw, &bucket).await;
 
     bus.publish(&topic, Ping::new(1)).await.unwrap();
     let handled = deliveries_in_window(&seen).await;
@@ -211,9 +205,7 @@ async fn a_refused_retry_copy_is_sent_again_after_a_backoff() {
         "the event came back {handled} times in {WINDOW:?} while its retry copy was refused: a hot loop"
     );
 
-    for q in &queues {
-        delete_queue(&raw, q).await;
-    }
+    delete_queue(&raw, &bucket).await;
     restored.store(true, Ordering::SeqCst);
     eventually(
         WAIT,
