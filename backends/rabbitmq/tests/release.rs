@@ -8,20 +8,11 @@
 
 mod common;
 
-use busline_core::{Bus, Delivery, SubscribeOptions, Subscription};
+use busline_core::{Bus, SubscribeOptions};
 use busline_rabbitmq::{QueueType, RabbitConfig};
 use busline_testkit::events::Ping;
-use busline_testkit::support::{within, WAIT};
 use busline_testkit::test_settings;
-use common::{unique, RabbitFixture};
-use futures::StreamExt;
-
-async fn next(sub: &mut Subscription, what: &str) -> Delivery {
-    within(WAIT, what, sub.next())
-        .await
-        .unwrap_or_else(|| panic!("subscription ended while waiting for {what}"))
-        .unwrap_or_else(|e| panic!("subscription failed while waiting for {what}: {e}"))
-}
+use common::{next, unique, RabbitFixture};
 
 async fn releases_keep_the_attempt(queue_type: QueueType) {
     let fixture = RabbitFixture::new().await;

@@ -8,14 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use busline_core::{Bus, Subscription};
+use busline_core::Bus;
 use busline_core::{Delivery, SubscribeOptions};
 use busline_rabbitmq::{QueueType, RabbitConfig};
 use busline_testkit::events::Ping;
 use busline_testkit::support::{within, WAIT};
 use busline_testkit::test_settings;
-use common::{unique, RabbitFixture};
-use futures::StreamExt;
+use common::{next, unique, RabbitFixture};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -24,13 +23,6 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 
 const LONG: Duration = Duration::from_secs(6);
 const SHORT: Duration = Duration::from_millis(200);
-
-async fn next(sub: &mut Subscription, what: &str) -> Delivery {
-    within(WAIT, what, sub.next())
-        .await
-        .unwrap_or_else(|| panic!("subscription ended while waiting for {what}"))
-        .unwrap_or_else(|e| panic!("subscription failed while waiting for {what}: {e}"))
-}
 
 fn id(d: &Delivery) -> String {
     d.event().expect("a readable envelope").id.clone()

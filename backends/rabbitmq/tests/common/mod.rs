@@ -7,9 +7,10 @@ pub mod raw;
 use std::time::Duration;
 
 use busline_core::wire::HeaderDialect;
-use busline_core::{async_trait, Bus};
+use busline_core::{async_trait, Bus, Delivery, Subscription};
 use busline_rabbitmq::{RabbitBus, RabbitConfig};
 use busline_testkit::brokers::{self, Broker, Origin, TestBroker};
+use busline_testkit::support::{within, WAIT};
 use busline_testkit::{test_settings, BusFixture, WireInput};
 use lapin::{Connection, ConnectionProperties};
 
@@ -189,6 +190,16 @@ pub async fn close_connections_named(name: &str) -> usize {
         closed += 1;
     }
     closed
+}
+
+/// The next delivery of `sub`, within [`WAIT`]; panics naming `what` if
+/// the subscription ends or fails instead.
+pub async fn next(sub: &mut Subscription, what: &str) -> Delivery {
+    use futures::StreamExt;
+    within(WAIT, what, sub.next())
+        .await
+        .unwrap_or_else(|| panic!("subscription ended while waiting for {what}"))
+        .unwrap_or_else(|e| panic!("subscription failed while waiting for {what}: {e}"))
 }
 
 /// A name no other test uses.
