@@ -131,14 +131,22 @@ pub fn restart_command(kind: Broker) -> Option<String> {
         .filter(|c| !c.trim().is_empty())
 }
 
-/// Runs a restart command with `sh -c` and waits for it; `Err` with its
-/// output if it fails.
+/// How long a restart, kill or revive command may run: a RabbitMQ node
+/// holding thousands of queues takes minutes to restart, but not forever.
+pub const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs a restart command with `sh -c` and waits for it, at most
+/// [`COMMAND_LIMIT`]; `Err` with its output if it fails, and if it runs
+/// longer (the shell is killed then).
 pub async fn run_restart(command: &str) -> Result<(), String> {
-    let out = tokio::process::Command::new("sh")
+    let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(COMMAND_LIMIT, child)
         .await
+        .map_err(|_| format!("`{command}` did not finish within {COMMAND_LIMIT:?}"))?
         .map_err(|e| format!("cannot run `{command}`: {e}"))?;
     if out.status.success() {
         Ok(())
