@@ -222,8 +222,9 @@ impl Topology {
         let timeout = self.config.operation_timeout;
         let (topic_owned, group_owned) = (topic.to_owned(), group_id.clone());
         let outcome = blocking(move || {
-            let missing = uncommitted(&consumer, &topic_owned, &partitions, timeout)?;
-            if missing.len() < partitions.len() {
+            if !committed(&consumer, &topic_owned, &partitions, timeout)?.is_empty() {
+                // Not new: its members start a partition without an
+                // offset at the earliest.
                 return Ok(None);
             }
             let inherited = match &legacy {
@@ -231,7 +232,7 @@ impl Topology {
                 None => Vec::new(),
             };
             let starts = if inherited.is_empty() {
-                start_offsets(&consumer, &topic_owned, &missing, start, timeout)?
+                start_offsets(&consumer, &topic_owned, &partitions, start, timeout)?
             } else {
                 tracing::info!(group = %group_owned, topic = %topic_owned, offsets = ?inherited, "DLQ readers get a consumer group of their own; it starts where the readers under the main group id had got to");
                 inherited
@@ -364,22 +365,6 @@ pub(crate) fn has_offsets_elsewhere<C: rdkafka::consumer::ConsumerContext>(
     Ok(!committed(consumer, topic, &others, timeout)?.is_empty())
 }
 
-/// Partitions of `topic` without a committed offset for the consumer's
-/// group.
-pub(crate) fn uncommitted<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partitions: &[i32],
-    timeout: Duration,
-) -> Result<Vec<i32>, String> {
-    let have = committed(consumer, topic, partitions, timeout)?;
-    Ok(partitions
-        .iter()
-        .copied()
-        .filter(|p| !have.iter().any(|(q, _)| q == p))
-        .collect())
-}
-
 /// The offsets a group starts at: each partition's end (`New`) or
 /// beginning (`Earliest`).
 pub(crate) fn start_offsets<C: rdkafka::consumer::ConsumerContext>(
@@ -437,8 +422,8 @@ mod tests {
         // A member assigned partitions 1 and 2 only sees no offset of its
         // own, yet the group exists.
         assert_eq!(
-            uncommitted(&member, "t", &[0, 1, 2], timeout).unwrap(),
-            vec![1, 2]
+            committed(&member, "t", &[0, 1, 2], timeout).unwrap(),
+            vec![(0, 5)]
         );
         assert!(has_offsets_elsewhere(&member, "t", &[1, 2], timeout).unwrap());
         assert!(!has_offsets_elsewhere(&member, "t", &[0, 1, 2], timeout).unwrap());
