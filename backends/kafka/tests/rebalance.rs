@@ -9,12 +9,15 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use busline_core::{
-    dead_letter_topic, Bus, Context, DomainEvent, Handler, HandlerError, Router, SubscribeOptions,
+    dead_letter_topic, Bus, Context, DomainEvent, Handler, HandlerError, Router, RunningRouter,
+    SubscribeOptions,
 };
+use busline_kafka::KafkaBus;
 use busline_testkit::events::Ping;
 use busline_testkit::support::{eventually, unique, within, Collector, WAIT};
 use busline_testkit::test_settings;
@@ -46,6 +49,10 @@ struct KeyLog {
     /// before the event before it was handled.
     concurrent: Mutex<Vec<String>>,
     out_of_order: Mutex<Vec<String>>,
+    /// Slow handlers of the first member during which its partitions were
+    /// revoked: without one, the test would pass whether the revocation
+    /// waits or not.
+    revoked_while_slow: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -62,10 +69,11 @@ impl KeyLog {
     }
 }
 
-fn handler(member: &'static str, log: &Arc<KeyLog>) -> impl Handler<Ping> {
-    let log = log.clone();
+/// `bus`: the member's connection, whose revocations the handler watches.
+fn handler(member: &'static str, log: &Arc<KeyLog>, bus: &KafkaBus) -> impl Handler<Ping> {
+    let (log, bus) = (log.clone(), bus.clone());
     move |e: DomainEvent<Ping>, ctx: Context| {
-        let log = log.clone();
+        let (log, bus) = (log.clone(), bus.clone());
         async move {
             let seq = e.data.seq;
             let key = e.key.clone().unwrap_or_default();
@@ -88,7 +96,11 @@ fn handler(member: &'static str, log: &Arc<KeyLog>) -> impl Handler<Ping> {
             }
             log.started.push((member, key.clone(), seq));
             let slow = seq == 0 && ctx.attempt() == 1;
+            let revocations = bus.revocations();
             tokio::time::sleep(if slow { SLOW } else { Duration::from_millis(20) }).await;
+            if slow && bus.revocations() > revocations {
+                log.revoked_while_slow.fetch_add(1, Ordering::Relaxed);
+            }
             {
                 let mut all = log.state.lock().unwrap();
                 let s = all.entry(key.clone()).or_default();
@@ -103,18 +115,31 @@ fn handler(member: &'static str, log: &Arc<KeyLog>) -> impl Handler<Ping> {
     }
 }
 
+/// A router of `group` on `topic` with one slot per key, handling as
+/// `name` on connection `kafka` (`bus` wraps it).
+async fn member(
+    bus: &Bus,
+    kafka: &KafkaBus,
+    group: &str,
+    topic: &str,
+    name: &'static str,
+    log: &Arc<KeyLog>,
+) -> RunningRouter {
+    Router::new(bus.clone(), group)
+        .with_max_in_flight(KEYS)
+        .on::<Ping, _>(topic, handler(name, log, kafka))
+        .start()
+        .await
+        .unwrap()
+}
+
 async fn a_rebalance_waits_for_handlers_of_revoked_partitions(fixture: KafkaFixture) {
     let total = KEYS * PER_KEY as usize;
     let (topic, group) = (unique("rebalance"), unique("g"));
     let log = Arc::new(KeyLog::default());
     let first = fixture.connect_kafka().await;
     let a = Bus::new(first.clone(), test_settings());
-    let router_a = Router::new(a.clone(), &group)
-        .with_max_in_flight(KEYS)
-        .on::<Ping, _>(&topic, handler("a", &log))
-        .start()
-        .await
-        .unwrap();
+    let router_a = member(&a, &first, &group, &topic, "a", &log).await;
     let events = (0..PER_KEY)
         .flat_map(|seq| (0..KEYS).map(move |k| DomainEvent::new(Ping::new(seq)).with_key(format!("k{k}"))))
         .collect();
@@ -125,12 +150,7 @@ async fn a_rebalance_waits_for_handlers_of_revoked_partitions(fixture: KafkaFixt
 
     let second = fixture.connect_kafka().await;
     let b = Bus::new(second.clone(), test_settings());
-    let router_b = Router::new(b.clone(), &group)
-        .with_max_in_flight(KEYS)
-        .on::<Ping, _>(&topic, handler("b", &log))
-        .start()
-        .await
-        .unwrap();
+    let router_b = member(&b, &second, &group, &topic, "b", &log).await;
     log.handled
         .wait_until(WAIT, "every event handled", |h| {
             h.iter()
@@ -155,8 +175,9 @@ async fn a_rebalance_waits_for_handlers_of_revoked_partitions(fixture: KafkaFixt
     let concurrent = log.concurrent.lock().unwrap().clone();
     let out_of_order = log.out_of_order.lock().unwrap().clone();
     eprintln!(
-        "rebalance: revocations a={} b={}; commit failures a={}; {} handled ({by_b} by b), {duplicates} duplicates, {} concurrent, {} out of order",
+        "rebalance: revocations a={} b={}; {} slow handlers revoked mid-way; commit failures a={}; {} handled ({by_b} by b), {duplicates} duplicates, {} concurrent, {} out of order",
         first.revocations(),
+        log.revoked_while_slow.load(Ordering::Relaxed),
         second.revocations(),
         first.commit_failures(),
         handled.len(),
@@ -166,6 +187,10 @@ async fn a_rebalance_waits_for_handlers_of_revoked_partitions(fixture: KafkaFixt
     assert!(
         first.revocations() >= 1,
         "the second member's join revoked the first member's partitions"
+    );
+    assert!(
+        log.revoked_while_slow.load(Ordering::Relaxed) > 0,
+        "the revocation came after the slow handlers had finished: nothing was in flight to wait for"
     );
     assert!(
         concurrent.is_empty(),
