@@ -63,7 +63,7 @@ async fn busline_setup(capacity: usize) -> Busline {
     let (d, l, r) = (done.clone(), latencies.clone(), record_latency.clone());
     let router = Router::new(bus.clone(), "billing")
         .with_max_in_flight(256)
-        .on::<OrderPlaced, _>("orders", move |e: DomainEvent<OrderPlaced>, _ctx: Context| {
+        .on("orders", move |_ctx: Context, e: DomainEvent<OrderPlaced>| {
             let (d, l, r) = (d.clone(), l.clone(), r.clone());
             async move {
                 if r.load(Ordering::Relaxed) {

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use busline::{
-    BusConfig, Context, DomainEvent, Event, HandlerError, Payload, RawEvent, Repair, ReplayOptions,
-    RetryPolicy, Router,
+    Attempt, BusConfig, Context, DomainEvent, Event, HandlerError, Payload, RawEvent, Repair, ReplayOptions,
+    RetryPolicy, Router, State,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -86,6 +86,57 @@ impl Trace {
     }
 }
 
+/// Inventory: reserves the items and publishes `ItemsReserved` as a
+/// consequence of the order (same correlation id, the order as its cause).
+async fn reserve_items(
+    State(t): State<Trace>,
+    ctx: Context,
+    e: DomainEvent<OrderCreated>,
+) -> Result<(), HandlerError> {
+    t.line(
+        "inventory",
+        format!(
+            "reserving {:?} for {} (correlation …{})",
+            e.data.items,
+            e.data.order_id,
+            short(&e.correlation_id)
+        ),
+    );
+    let reserved = ItemsReserved {
+        order_id: e.data.order_id.clone(),
+        total_cents: e.data.total_cents,
+    };
+    ctx.publish("inventory", reserved).await?;
+    Ok(())
+}
+
+/// Payment: the gateway times out on the first two attempts of o-1002.
+async fn charge(
+    State(t): State<Trace>,
+    Attempt(attempt): Attempt,
+    e: DomainEvent<ItemsReserved>,
+) -> Result<(), HandlerError> {
+    let order = &e.data.order_id;
+    if order == "o-1002" && attempt <= 2 {
+        t.line(
+            "payment",
+            format!("{order}: gateway timeout on attempt {attempt}"),
+        );
+        return Err(HandlerError::retryable("payment gateway timeout"));
+    }
+    t.line(
+        "payment",
+        format!(
+            "{order}: charged {:.2} on attempt {attempt} (correlation …{}, caused by …{})",
+            e.data.total_cents as f64 / 100.0,
+            short(&e.correlation_id),
+            short(e.causation_id.as_deref().unwrap_or("-")),
+        ),
+    );
+    t.paid(order);
+    Ok(())
+}
+
 fn short(id: &str) -> &str {
     &id[id.len().saturating_sub(6)..]
 }
@@ -102,60 +153,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         paid: Arc::default(),
     };
 
-    // Inventory: reserve the items, then tell payment, in the same chain.
-    let t = trace.clone();
+    // Inventory reserves the items, then tells payment, in the same chain;
+    // payment's gateway times out on the first two attempts of one order.
+    // Both are plain async fns taking the trace from the routers' state.
     let inventory = Router::new(bus.clone(), "inventory")
-        .on::<OrderCreated, _>("orders", move |e: DomainEvent<OrderCreated>, ctx: Context| {
-            let t = t.clone();
-            async move {
-                t.line(
-                    "inventory",
-                    format!(
-                        "reserving {:?} for {} (correlation …{})",
-                        e.data.items,
-                        e.data.order_id,
-                        short(&e.correlation_id)
-                    ),
-                );
-                let reserved = ItemsReserved {
-                    order_id: e.data.order_id.clone(),
-                    total_cents: e.data.total_cents,
-                };
-                ctx.publish("inventory", reserved).await?;
-                Ok(())
-            }
-        })
+        .with_state(trace.clone())
+        .on("orders", reserve_items)
         .start()
         .await?;
-
-    // Payment: the gateway times out on the first two attempts.
-    let t = trace.clone();
     let payment = Router::new(bus.clone(), "payment")
-        .on::<ItemsReserved, _>("inventory", move |e: DomainEvent<ItemsReserved>, ctx: Context| {
-            let t = t.clone();
-            async move {
-                let order = &e.data.order_id;
-                if order == "o-1002" && ctx.attempt() <= 2 {
-                    t.line(
-                        "payment",
-                        format!("{order}: gateway timeout on attempt {}", ctx.attempt()),
-                    );
-                    return Err(HandlerError::retryable("payment gateway timeout"));
-                }
-                t.line(
-                    "payment",
-                    format!(
-                        "{order}: charged {:.2} on attempt {} (correlation …{}, caused by …{})",
-                        e.data.total_cents as f64 / 100.0,
-                        ctx.attempt(),
-                        short(&e.correlation_id),
-                        short(e.causation_id.as_deref().unwrap_or("-")),
-                    ),
-                );
-                t.paid(order);
-                Ok(())
-            }
-        })
+        .with_state(trace.clone())
+        .on("inventory", charge)
         .start()
         .await?;
 

@@ -12,7 +12,7 @@
 //! struct OrderCreated { order_id: String, total_cents: u64 }
 //! impl Event for OrderCreated { const TYPE: &'static str = "order.created"; const VERSION: u32 = 2; }
 //!
-//! async fn reserve_items(event: DomainEvent<OrderCreated>, _ctx: Context) -> Result<(), HandlerError> {
+//! async fn reserve_items(_ctx: Context, event: DomainEvent<OrderCreated>) -> Result<(), HandlerError> {
 //!     println!("reserving items for {}", event.data.order_id);
 //!     Ok(())
 //! }
@@ -21,7 +21,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = busline::connect_url("memory://docs-example").await?;
 //! let inventory = Router::new(bus.clone(), "inventory")
-//!     .on::<OrderCreated, _>("orders", reserve_items)
+//!     .on("orders", reserve_items)
 //!     .start()
 //!     .await?;
 //! bus.publish("orders", OrderCreated { order_id: "o-1".into(), total_cents: 1250 }).await?;

@@ -242,7 +242,7 @@ async fn handle_shipments(bus: &Bus, topic: &str) -> Handled {
         WAIT,
         "starting the router",
         Router::new(bus.clone(), group.clone())
-            .on::<Shipment, _>(topic, recorder(&got))
+            .on(topic, recorder(&got))
             .start(),
     )
     .await

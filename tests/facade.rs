@@ -29,7 +29,7 @@ async fn same_memory_url_is_the_same_broker() {
     let seen = Collector::<String>::new();
     let sink = seen.clone();
     let router = Router::new(consumer.clone(), "shipping")
-        .on::<Shipped, _>(&topic, move |e: DomainEvent<Shipped>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Shipped>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.order_id);
@@ -121,7 +121,7 @@ async fn msgpack_publisher_json_consumer() {
     let seen = Collector::<(Shipped, String)>::new();
     let sink = seen.clone();
     let router = Router::new(consumer.clone(), "shipping")
-        .on::<Shipped, _>(&topic, move |e: DomainEvent<Shipped>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Shipped>| {
             let sink = sink.clone();
             async move {
                 sink.push((e.data, e.source));
@@ -171,7 +171,7 @@ async fn config_from_toml_drives_router_defaults() {
     );
     let topic = unique("orders");
     let router = Router::new(bus.clone(), "billing")
-        .on::<Shipped, _>(&topic, |_e: DomainEvent<Shipped>, _ctx: Context| async {
+        .on(&topic, |_ctx: Context, _e: DomainEvent<Shipped>| async {
             Err::<(), _>(HandlerError::retryable("always"))
         })
         .start()

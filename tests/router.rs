@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use busline::memory::{MemoryBroker, MemoryConfig};
 use busline::{
-    Bus, Context, DeadLetterPolicy, DeadLetterReason, DomainEvent, Event, Handler, HandlerError, Repair,
+    Bus, Context, DeadLetterPolicy, DeadLetterReason, DomainEvent, Event, EventService, HandlerError, Repair,
     ReplayOptions, Router, RouterError, UnknownEventAction,
 };
 use busline_testkit::events::{Order, OrderV1, Ping, Pong};
@@ -15,7 +15,7 @@ use busline_testkit::support::{unique, within, Collector, WAIT};
 use busline_testkit::{test_settings, TestHarness};
 use futures::future::BoxFuture;
 
-async fn ok_ping(_e: DomainEvent<Ping>, _ctx: Context) -> Result<(), HandlerError> {
+async fn ok_ping(_ctx: Context, _e: DomainEvent<Ping>) -> Result<(), HandlerError> {
     Ok(())
 }
 
@@ -23,8 +23,8 @@ async fn ok_ping(_e: DomainEvent<Ping>, _ctx: Context) -> Result<(), HandlerErro
 async fn registration_errors_are_reported_at_start() {
     let h = TestHarness::new();
     let dup = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", ok_ping)
-        .on::<Ping, _>("t", ok_ping)
+        .on("t", ok_ping)
+        .on("t", ok_ping)
         .start()
         .await;
     assert!(
@@ -35,7 +35,7 @@ async fn registration_errors_are_reported_at_start() {
         Err(RouterError::NoRoutes { .. })
     ));
     let not_older = Router::new(h.bus(), "g")
-        .on::<Order, _>("t", |_e: DomainEvent<Order>, _c: Context| async {
+        .on("t", |_c: Context, _e: DomainEvent<Order>| async {
             Ok::<_, HandlerError>(())
         })
         .upcast::<Order, Order>(|o| o)
@@ -43,7 +43,7 @@ async fn registration_errors_are_reported_at_start() {
         .await;
     assert!(matches!(not_older, Err(RouterError::InvalidUpcaster(ref m)) if m.contains("not older")));
     let other_type = Router::new(h.bus(), "g")
-        .on::<Pong, _>("t", |_e: DomainEvent<Pong>, _c: Context| async {
+        .on("t", |_c: Context, _e: DomainEvent<Pong>| async {
             Ok::<_, HandlerError>(())
         })
         .upcast::<Ping, Pong>(|p| Pong { seq: p.seq })
@@ -60,7 +60,7 @@ async fn unknown_types_can_be_dead_lettered() {
             unknown_event: UnknownEventAction::DeadLetter,
             ..Default::default()
         })
-        .on::<Ping, _>("t", ok_ping)
+        .on("t", ok_ping)
         .start()
         .await
         .unwrap();
@@ -75,7 +75,7 @@ async fn unknown_types_can_be_dead_lettered() {
 async fn older_version_without_upcaster_is_dead_lettered() {
     let h = TestHarness::new();
     let router = Router::new(h.bus(), "g")
-        .on::<Order, _>("t", |_e: DomainEvent<Order>, _c: Context| async {
+        .on("t", |_c: Context, _e: DomainEvent<Order>| async {
             Ok::<_, HandlerError>(())
         })
         .start()
@@ -105,7 +105,7 @@ async fn long_error_texts_are_cut() {
             max_error_len: 16,
             ..Default::default()
         })
-        .on::<Ping, _>("t", |_e: DomainEvent<Ping>, _c: Context| async {
+        .on("t", |_c: Context, _e: DomainEvent<Ping>| async {
             Err::<(), _>(HandlerError::permanent("é".repeat(100)))
         })
         .start()
@@ -120,7 +120,7 @@ async fn long_error_texts_are_cut() {
 /// A handler with state, by trait.
 struct CountingHandler(Arc<AtomicUsize>);
 
-impl Handler<Ping> for CountingHandler {
+impl EventService<Ping> for CountingHandler {
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
     fn call(&self, _event: DomainEvent<Ping>, _ctx: Context) -> Self::Future {
@@ -137,7 +137,7 @@ async fn handler_types_and_the_harness() {
     let h = TestHarness::new();
     let count = Arc::new(AtomicUsize::new(0));
     let router = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", CountingHandler(count.clone()))
+        .on("t", CountingHandler(count.clone()))
         .start()
         .await
         .unwrap();
@@ -168,7 +168,7 @@ async fn in_flight_bound_holds_for_slow_handlers() {
     let (r, p, d) = (running.clone(), peak.clone(), done.clone());
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(3)
-        .on::<Ping, _>("t", move |e: DomainEvent<Ping>, _c: Context| {
+        .on("t", move |_c: Context, e: DomainEvent<Ping>| {
             let (r, p, d) = (r.clone(), p.clone(), d.clone());
             async move {
                 let now = r.fetch_add(1, Ordering::SeqCst) + 1;
@@ -227,7 +227,7 @@ async fn full_queue_makes_publishers_wait() {
 async fn replay_repairs_keeps_and_discards() {
     let h = TestHarness::new();
     let router = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", |e: DomainEvent<Ping>, _c: Context| async move {
+        .on("t", |_c: Context, e: DomainEvent<Ping>| async move {
             if e.data.note == "bad" {
                 Err(HandlerError::permanent("bad note"))
             } else {
@@ -319,11 +319,7 @@ async fn replay_never_takes_its_destination_from_the_letter() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_of_the_bus_ends_the_router() {
     let h = TestHarness::new();
-    let router = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", ok_ping)
-        .start()
-        .await
-        .unwrap();
+    let router = Router::new(h.bus(), "g").on("t", ok_ping).start().await.unwrap();
     h.bus().shutdown().await;
     let stats = within(
         WAIT,

@@ -24,7 +24,7 @@ async fn a_panicking_upcaster_dead_letters_its_event_and_the_rest_are_handled() 
     let handled = Collector::<String>::new();
     let sink = handled.clone();
     let router = Router::new(h.bus(), "g")
-        .on::<Order, _>("orders", move |e: DomainEvent<Order>, _c: Context| {
+        .on("orders", move |_c: Context, e: DomainEvent<Order>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.order_id);
@@ -85,7 +85,7 @@ async fn a_panicking_decoder_is_poison_not_a_dead_consumer() {
     let handled = Collector::<u64>::new();
     let sink = handled.clone();
     let router = Router::new(h.bus(), "g")
-        .on::<Fragile, _>("t", move |e: DomainEvent<Fragile>, _c: Context| {
+        .on("t", move |_c: Context, e: DomainEvent<Fragile>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.0);
@@ -183,7 +183,7 @@ async fn run_broken(breakage: Breakage) -> (RouterError, Vec<u64>) {
     let handled = Collector::<u64>::new();
     let sink = handled.clone();
     let router = Router::new(bus.clone(), "g")
-        .on::<Ping, _>("t", move |e: DomainEvent<Ping>, _c: Context| {
+        .on("t", move |_c: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.seq);
@@ -247,9 +247,9 @@ async fn a_subscription_that_ends_on_its_own_fails_the_router() {
 
 #[tokio::test(start_paused = true)]
 async fn health_shows_a_paused_subscription_and_a_clean_stop() {
-    use busline::{Gate, Handler};
+    use busline::{EventService, Gate};
     struct Gated(Gate);
-    impl Handler<Ping> for Gated {
+    impl EventService<Ping> for Gated {
         type Future = std::future::Ready<Result<(), HandlerError>>;
         fn call(&self, _e: DomainEvent<Ping>, _c: Context) -> Self::Future {
             std::future::ready(Ok(()))
@@ -261,7 +261,7 @@ async fn health_shows_a_paused_subscription_and_a_clean_stop() {
     let h = TestHarness::new();
     let gate = Gate::new();
     let router = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", Gated(gate.clone()))
+        .on("t", Gated(gate.clone()))
         .start()
         .await
         .unwrap();
@@ -326,7 +326,7 @@ async fn shutdown_returns_within_its_deadline_when_settling_hangs() {
     let router = Router::new(bus.clone(), "g")
         .with_shutdown_deadline(deadline)
         .with_handler_timeout(None)
-        .on::<Ping, _>("t", move |e: DomainEvent<Ping>, _c: Context| {
+        .on("t", move |_c: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.seq);
@@ -357,7 +357,7 @@ async fn the_harness_keeps_an_abandoned_event_at_its_attempt() {
     let h = TestHarness::new();
     let attempts = Collector::<u32>::new();
     let sink = attempts.clone();
-    let handler = move |_e: DomainEvent<Ping>, ctx: Context| {
+    let handler = move |ctx: Context, _e: DomainEvent<Ping>| {
         let sink = sink.clone();
         async move {
             sink.push(ctx.attempt());
@@ -370,18 +370,14 @@ async fn the_harness_keeps_an_abandoned_event_at_its_attempt() {
     let router = Router::new(h.bus(), "g")
         .with_shutdown_deadline(std::time::Duration::from_secs(1))
         .with_handler_timeout(None)
-        .on::<Ping, _>("t", handler.clone())
+        .on("t", handler.clone())
         .start()
         .await
         .unwrap();
     h.bus().publish("t", Ping::new(1)).await.unwrap();
     attempts.wait_len(1, WAIT, "the handler to start").await;
     assert_eq!(router.shutdown().await.unwrap().abandoned, 1);
-    let router = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", handler)
-        .start()
-        .await
-        .unwrap();
+    let router = Router::new(h.bus(), "g").on("t", handler).start().await.unwrap();
     assert_eq!(
         attempts.wait_len(2, WAIT, "the event to come back").await,
         vec![1, 1]
@@ -394,7 +390,7 @@ async fn a_router_dropped_without_shutdown_returns_its_deliveries() {
     let h = TestHarness::new();
     let seen = Collector::<u32>::new();
     let sink = seen.clone();
-    let stuck = move |_e: DomainEvent<Ping>, ctx: Context| {
+    let stuck = move |ctx: Context, _e: DomainEvent<Ping>| {
         let sink = sink.clone();
         async move {
             sink.push(ctx.attempt());
@@ -402,18 +398,14 @@ async fn a_router_dropped_without_shutdown_returns_its_deliveries() {
             Ok::<_, HandlerError>(())
         }
     };
-    let router = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", stuck)
-        .start()
-        .await
-        .unwrap();
+    let router = Router::new(h.bus(), "g").on("t", stuck).start().await.unwrap();
     h.bus().publish("t", Ping::new(1)).await.unwrap();
     seen.wait_len(1, WAIT, "the handler to start").await;
     drop(router);
     let handled = Collector::<u64>::new();
     let sink = handled.clone();
     let next = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", move |e: DomainEvent<Ping>, _c: Context| {
+        .on("t", move |_c: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.seq);

@@ -56,9 +56,11 @@ pub use replay::{
 };
 pub use retry::{RetryDecision, RetryPolicy};
 pub use router::{
-    Context, Either, FailureKind, Gate, GateState, Handler, HandlerError, HandlerOptions, Identity, Layer,
-    Outcome, Router, RouterError, RouterHealth, RouterObserver, RouterStats, RunningRouter, Settled, Stack,
-    SubscriptionHealth, SubscriptionState, SKIP_UNKNOWN_EVENT_TYPE,
+    Attempt, Context, Either, EventService, FailureKind, FromContext, FromEvent, FromRef, Gate, GateState,
+    Handler, HandlerError, HandlerOptions, HandlerService, HandlerWithoutStateExt, Identity,
+    IntoHandlerResult, Layer, Outcome, Router, RouterError, RouterHealth, RouterObserver, RouterStats,
+    RunningRouter, Settled, Stack, State, SubscriptionHealth, SubscriptionState, Topic,
+    SKIP_UNKNOWN_EVENT_TYPE,
 };
 pub use transport::{Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
 

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use busline_core::{Bus, BusSettings, Context, DomainEvent, Event, HandlerError, Router, RunningRouter};
+use busline_core::{Bus, BusSettings, DomainEvent, Event, HandlerError, Router, RunningRouter};
 use busline_layers::{
     default_stack, BulkheadLayer, CircuitBreakerLayer, DefaultStack, MemoryDedupStore, RateLimitLayer,
     RouterExt,
@@ -39,11 +39,12 @@ struct Setup {
 
 fn handler(
     done: Arc<Countdown>,
-) -> impl Fn(DomainEvent<OrderPlaced>, Context) -> std::future::Ready<Result<(), HandlerError>>
+) -> impl Fn(DomainEvent<OrderPlaced>) -> std::future::Ready<Result<(), HandlerError>>
+       + Clone
        + Send
        + Sync
        + 'static {
-    move |e: DomainEvent<OrderPlaced>, _ctx: Context| {
+    move |e: DomainEvent<OrderPlaced>| {
         std::hint::black_box(&e.data);
         done.hit();
         std::future::ready(Ok(()))
@@ -58,16 +59,11 @@ async fn setup(stack: Option<DefaultStack>) -> Setup {
     let done = Arc::new(Countdown::default());
     let router = Router::new(bus.clone(), "billing").with_max_in_flight(256);
     let router = match stack {
-        None => {
-            router
-                .on::<OrderPlaced, _>("orders", handler(done.clone()))
-                .start()
-                .await
-        }
+        None => router.on("orders", handler(done.clone())).start().await,
         Some(stack) => {
             router
                 .with_stack(stack)
-                .on::<OrderPlaced, _>("orders", handler(done.clone()))
+                .on("orders", handler(done.clone()))
                 .start()
                 .await
         }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use busline_core::{Context, DomainEvent, Event, Gate, Handler, HandlerError, Layer};
+use busline_core::{Context, DomainEvent, Event, EventService, Gate, HandlerError, Layer};
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
@@ -56,7 +56,7 @@ impl BulkheadLayer {
 }
 
 impl<H> Layer<H> for BulkheadLayer {
-    type Handler = Bulkhead<H>;
+    type Service = Bulkhead<H>;
 
     fn layer(&self, inner: H) -> Bulkhead<H> {
         Bulkhead {
@@ -111,7 +111,7 @@ impl Drop for Waiting {
     }
 }
 
-impl<E: Event, H: Handler<E>> Handler<E> for Bulkhead<H> {
+impl<E: Event, H: EventService<E>> EventService<E> for Bulkhead<H> {
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {

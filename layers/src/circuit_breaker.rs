@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use busline_core::{Context, DomainEvent, Event, FailureKind, Gate, Handler, HandlerError, Layer};
+use busline_core::{Context, DomainEvent, Event, EventService, FailureKind, Gate, HandlerError, Layer};
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -108,7 +108,7 @@ impl CircuitBreakerLayer {
 }
 
 impl<H> Layer<H> for CircuitBreakerLayer {
-    type Handler = CircuitBreaker<H>;
+    type Service = CircuitBreaker<H>;
 
     fn layer(&self, inner: H) -> CircuitBreaker<H> {
         CircuitBreaker {
@@ -373,7 +373,7 @@ impl Drop for Outcome {
     }
 }
 
-impl<E: Event, H: Handler<E>> Handler<E> for CircuitBreaker<H> {
+impl<E: Event, H: EventService<E>> EventService<E> for CircuitBreaker<H> {
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {

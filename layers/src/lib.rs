@@ -28,11 +28,11 @@
 //! use busline_layers::{default_stack, RouterExt};
 //! # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
 //! # impl Event for Ping { const TYPE: &'static str = "ping"; }
-//! # async fn handle(_: DomainEvent<Ping>, _: Context) -> Result<(), HandlerError> { Ok(()) }
+//! # async fn handle(_: Context, _: DomainEvent<Ping>) -> Result<(), HandlerError> { Ok(()) }
 //! # fn demo(bus: busline_core::Bus) {
 //! let router = Router::new(bus, "billing")
 //!     .with_stack(default_stack().with_timeout(std::time::Duration::from_secs(5)))
-//!     .on::<Ping, _>("pings", handle);
+//!     .on("pings", handle);
 //! # }
 //! ```
 

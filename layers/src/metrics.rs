@@ -30,8 +30,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use busline_core::{
-    Capabilities, Context, DomainEvent, Event, EventBus, FailureKind, Gate, Handler, HandlerError, Layer,
-    Outcome, PublishError, PublishErrorKind, RawEvent, RouterObserver, Settled, SubscribeError,
+    Capabilities, Context, DomainEvent, Event, EventBus, EventService, FailureKind, Gate, HandlerError,
+    Layer, Outcome, PublishError, PublishErrorKind, RawEvent, RouterObserver, Settled, SubscribeError,
     SubscribeOptions, Subscription,
 };
 use metrics::{Counter, Gauge, Histogram};
@@ -76,7 +76,7 @@ impl MetricsLayer {
 }
 
 impl<H> Layer<H> for MetricsLayer {
-    type Handler = Metered<H>;
+    type Service = Metered<H>;
 
     fn layer(&self, inner: H) -> Metered<H> {
         Metered {
@@ -126,7 +126,7 @@ impl HandlerMetrics {
     }
 }
 
-impl<E: Event, H: Handler<E>> Handler<E> for Metered<H> {
+impl<E: Event, H: EventService<E>> EventService<E> for Metered<H> {
     type Future = MeteredFuture<H::Future>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {

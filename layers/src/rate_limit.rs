@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use busline_core::{Context, DomainEvent, Event, Gate, Handler, HandlerError, Layer};
+use busline_core::{Context, DomainEvent, Event, EventService, Gate, HandlerError, Layer};
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
@@ -50,7 +50,7 @@ impl RateLimitLayer {
 }
 
 impl<H> Layer<H> for RateLimitLayer {
-    type Handler = RateLimit<H>;
+    type Service = RateLimit<H>;
 
     fn layer(&self, inner: H) -> RateLimit<H> {
         RateLimit {
@@ -160,7 +160,7 @@ impl Drop for Reserved<'_> {
     }
 }
 
-impl<E: Event, H: Handler<E>> Handler<E> for RateLimit<H> {
+impl<E: Event, H: EventService<E>> EventService<E> for RateLimit<H> {
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {

@@ -107,29 +107,29 @@ impl<H> Layer<H> for DefaultStack
 where
     Chain: Layer<H>,
 {
-    type Handler = <Chain as Layer<H>>::Handler;
+    type Service = <Chain as Layer<H>>::Service;
 
-    fn layer(&self, inner: H) -> Self::Handler {
+    fn layer(&self, inner: H) -> Self::Service {
         self.chain().layer(inner)
     }
 }
 
 /// One-line setup of a router.
-pub trait RouterExt<L> {
+pub trait RouterExt<S, L> {
     /// Applies `stack` to every handler registered after this call and
     /// counts the router's decisions with a [`MetricsObserver`].
-    fn with_stack(self, stack: DefaultStack) -> Router<Stack<DefaultStack, L>>;
+    fn with_stack(self, stack: DefaultStack) -> Router<S, Stack<DefaultStack, L>>;
 
     /// [`with_stack`](RouterExt::with_stack) with [`default_stack`].
-    fn with_default_stack(self) -> Router<Stack<DefaultStack, L>>;
+    fn with_default_stack(self) -> Router<S, Stack<DefaultStack, L>>;
 }
 
-impl<L> RouterExt<L> for Router<L> {
-    fn with_stack(self, stack: DefaultStack) -> Router<Stack<DefaultStack, L>> {
+impl<S: Clone + Send + Sync + 'static, L> RouterExt<S, L> for Router<S, L> {
+    fn with_stack(self, stack: DefaultStack) -> Router<S, Stack<DefaultStack, L>> {
         self.observe(MetricsObserver::new()).layer(stack)
     }
 
-    fn with_default_stack(self) -> Router<Stack<DefaultStack, L>> {
+    fn with_default_stack(self) -> Router<S, Stack<DefaultStack, L>> {
         self.with_stack(default_stack())
     }
 }

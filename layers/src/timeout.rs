@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use busline_core::{Context, DomainEvent, Event, Gate, Handler, HandlerError, Layer};
+use busline_core::{Context, DomainEvent, Event, EventService, Gate, HandlerError, Layer};
 use pin_project_lite::pin_project;
 
 /// The error of a handler call that ran out of time (retryable).
@@ -40,7 +40,7 @@ impl TimeoutLayer {
 }
 
 impl<H> Layer<H> for TimeoutLayer {
-    type Handler = Timeout<H>;
+    type Service = Timeout<H>;
 
     fn layer(&self, inner: H) -> Timeout<H> {
         Timeout {
@@ -57,7 +57,7 @@ pub struct Timeout<H> {
     limit: Duration,
 }
 
-impl<E: Event, H: Handler<E>> Handler<E> for Timeout<H> {
+impl<E: Event, H: EventService<E>> EventService<E> for Timeout<H> {
     type Future = TimeoutFuture<H::Future>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {

@@ -26,8 +26,8 @@ use std::task::{Context as TaskContext, Poll};
 
 use async_trait::async_trait;
 use busline_core::{
-    Capabilities, Context, DomainEvent, Event, EventBus, Gate, Handler, HandlerError, Layer, PublishError,
-    RawEvent, SubscribeError, SubscribeOptions, Subscription,
+    Capabilities, Context, DomainEvent, Event, EventBus, EventService, Gate, HandlerError, Layer,
+    PublishError, RawEvent, SubscribeError, SubscribeOptions, Subscription,
 };
 use pin_project_lite::pin_project;
 use tracing::{Instrument, Span};
@@ -200,7 +200,7 @@ impl TracingLayer {
 }
 
 impl<H> Layer<H> for TracingLayer {
-    type Handler = Traced<H>;
+    type Service = Traced<H>;
 
     fn layer(&self, inner: H) -> Traced<H> {
         Traced { inner }
@@ -217,7 +217,7 @@ fn id_or_empty(cx: Option<TraceContext>) -> String {
     cx.map(|c| c.span_id_hex()).unwrap_or_default()
 }
 
-impl<E: Event, H: Handler<E>> Handler<E> for Traced<H> {
+impl<E: Event, H: EventService<E>> EventService<E> for Traced<H> {
     type Future = TracedFuture<H::Future>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use busline_core::{Context, DomainEvent, Event, Gate, Handler, HandlerError, Layer, RetryPolicy, Router};
+use busline_core::{
+    Context, DomainEvent, Event, EventService, Gate, HandlerError, HandlerWithoutStateExt, Layer,
+    RetryPolicy, Router,
+};
 use busline_layers::{BreakerState, CircuitBreakerLayer, RateLimitLayer};
 use busline_testkit::events::Ping;
 use busline_testkit::support::{eventually, Collector, WAIT};
@@ -22,7 +25,7 @@ struct DropUnpolled<H> {
     drop_next: Arc<AtomicBool>,
 }
 
-impl<E: Event, H: Handler<E>> Handler<E> for DropUnpolled<H> {
+impl<E: Event, H: EventService<E>> EventService<E> for DropUnpolled<H> {
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {
@@ -52,7 +55,7 @@ async fn a_breaker_probe_dropped_before_it_ran_gives_its_slot_back() {
     let healthy = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
     let (ok, c) = (healthy.clone(), calls.clone());
-    let handler = move |_e: DomainEvent<Ping>, _ctx: Context| {
+    let handler = move |_ctx: Context, _e: DomainEvent<Ping>| {
         let (ok, c) = (ok.clone(), c.clone());
         async move {
             c.fetch_add(1, Ordering::SeqCst);
@@ -68,13 +71,13 @@ async fn a_breaker_probe_dropped_before_it_ran_gives_its_slot_back() {
         .with_minimum_calls(2)
         .with_open_duration(Duration::from_secs(10))
         .with_half_open_probes(1)
-        .layer(handler);
+        .layer(handler.into_service());
     let handle = breaker.handle();
     let drop_next = Arc::new(AtomicBool::new(false));
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(1)
         .with_retry(quick_retry())
-        .on::<Ping, _>(
+        .on(
             "t",
             DropUnpolled {
                 inner: breaker,
@@ -111,7 +114,7 @@ async fn a_breaker_probe_cancelled_mid_call_counts_neither_way() {
     let failing = Arc::new(AtomicBool::new(true));
     let calls = Collector::new();
     let (f, c) = (failing.clone(), calls.clone());
-    let handler = move |_e: DomainEvent<Ping>, _ctx: Context| {
+    let handler = move |_ctx: Context, _e: DomainEvent<Ping>| {
         let n = c.len();
         c.push(Instant::now());
         let failing = f.load(Ordering::SeqCst);
@@ -131,13 +134,13 @@ async fn a_breaker_probe_cancelled_mid_call_counts_neither_way() {
         .with_minimum_calls(2)
         .with_open_duration(Duration::from_secs(10))
         .with_half_open_probes(1)
-        .layer(handler);
+        .layer(handler.into_service());
     let handle = breaker.handle();
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(1)
         .with_handler_timeout(Some(Duration::from_secs(1)))
         .with_retry(quick_retry())
-        .on::<Ping, _>("t", breaker)
+        .on("t", breaker)
         .start()
         .await
         .unwrap();
@@ -171,7 +174,7 @@ struct GiveUpOn<H> {
     after: Duration,
 }
 
-impl<H: Handler<Ping>> Handler<Ping> for GiveUpOn<H> {
+impl<H: EventService<Ping>> EventService<Ping> for GiveUpOn<H> {
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
     fn call(&self, event: DomainEvent<Ping>, ctx: Context) -> Self::Future {
@@ -199,17 +202,17 @@ async fn a_cancelled_waiting_call_gives_its_rate_limit_slot_back() {
     let h = TestHarness::new();
     let calls = Collector::new();
     let c = calls.clone();
-    let handler = move |e: DomainEvent<Ping>, _ctx: Context| {
+    let handler = move |_ctx: Context, e: DomainEvent<Ping>| {
         c.push((e.data.seq, Instant::now()));
         async { Ok::<_, HandlerError>(()) }
     };
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(10)
         .with_handler_timeout(None)
-        .on::<Ping, _>(
+        .on(
             "t",
             GiveUpOn {
-                inner: RateLimitLayer::per_second(1.0).layer(handler),
+                inner: RateLimitLayer::per_second(1.0).layer(handler.into_service()),
                 seq: 1,
                 after: Duration::from_millis(500),
             },
@@ -257,7 +260,7 @@ async fn a_late_probe_from_an_earlier_half_open_round_is_not_counted() {
     let start = Instant::now();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    let handler = move |_e: DomainEvent<Ping>, _ctx: Context| {
+    let handler = move |_ctx: Context, _e: DomainEvent<Ping>| {
         let n = c.fetch_add(1, Ordering::SeqCst);
         async move {
             match n {
@@ -283,13 +286,13 @@ async fn a_late_probe_from_an_earlier_half_open_round_is_not_counted() {
         .with_minimum_calls(2)
         .with_open_duration(Duration::from_secs(10))
         .with_half_open_probes(2)
-        .layer(handler);
+        .layer(handler.into_service());
     let handle = breaker.handle();
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(4)
         .with_handler_timeout(None)
         .with_retry(quick_retry())
-        .on::<Ping, _>("t", breaker)
+        .on("t", breaker)
         .start()
         .await
         .unwrap();

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use busline_core::{
-    async_trait, BoxError, Context, DomainEvent, Handler, HandlerError, Layer, RetryPolicy, Router,
+    async_trait, BoxError, Context, DomainEvent, EventService, HandlerError, HandlerWithoutStateExt, Layer,
+    RetryPolicy, Router,
 };
 use busline_layers::{BreakerState, CircuitBreakerLayer, DedupLayer, DedupStore, MemoryDedupStore};
 use busline_testkit::events::Ping;
@@ -69,15 +70,18 @@ async fn a_store_outage_pauses_consumption_and_uses_up_no_attempt() {
     let store = Switchable::new();
     let handled = Collector::new();
     let hd = handled.clone();
-    let handler = DedupLayer::new(store.clone()).layer(move |e: DomainEvent<Ping>, ctx: Context| {
-        hd.push((e.data.seq, ctx.attempt()));
-        async { Ok::<_, HandlerError>(()) }
-    });
-    let gate = Handler::<Ping>::gate(&handler).unwrap();
+    let handler = DedupLayer::new(store.clone()).layer(
+        (move |ctx: Context, e: DomainEvent<Ping>| {
+            hd.push((e.data.seq, ctx.attempt()));
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .into_service(),
+    );
+    let gate = EventService::<Ping>::gate(&handler).unwrap();
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(4)
         .with_retry(RetryPolicy::default().with_max_attempts(3))
-        .on::<Ping, _>("t", handler)
+        .on("t", handler)
         .start()
         .await
         .unwrap();
@@ -122,24 +126,27 @@ async fn an_inner_breakers_gate_is_shared_and_handed_back() {
         .with_minimum_calls(2)
         .with_open_duration(Duration::from_secs(10))
         .with_half_open_probes(1)
-        .layer(move |_e: DomainEvent<Ping>, _ctx: Context| {
-            c.fetch_add(1, Ordering::SeqCst);
-            let fail = f.load(Ordering::SeqCst);
-            async move {
-                if fail {
-                    Err(HandlerError::retryable("dependency down"))
-                } else {
-                    Ok(())
+        .layer(
+            (move |_ctx: Context, _e: DomainEvent<Ping>| {
+                c.fetch_add(1, Ordering::SeqCst);
+                let fail = f.load(Ordering::SeqCst);
+                async move {
+                    if fail {
+                        Err(HandlerError::retryable("dependency down"))
+                    } else {
+                        Ok(())
+                    }
                 }
-            }
-        });
+            })
+            .into_service(),
+        );
     let breaker_handle = breaker.handle();
     let handler = DedupLayer::new(store.clone()).layer(breaker);
-    let gate = Handler::<Ping>::gate(&handler).unwrap();
+    let gate = EventService::<Ping>::gate(&handler).unwrap();
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(1)
         .with_retry(RetryPolicy::default().with_max_attempts(100).with_jitter(0.0))
-        .on::<Ping, _>("t", handler)
+        .on("t", handler)
         .start()
         .await
         .unwrap();
@@ -179,18 +186,21 @@ async fn cancelled_probers_do_not_leave_consumption_paused() {
     let store = Switchable::new();
     let handled = Collector::new();
     let hd = handled.clone();
-    let handler = DedupLayer::new(store.clone()).layer(move |e: DomainEvent<Ping>, _ctx: Context| {
-        hd.push(e.data.seq);
-        async { Ok::<_, HandlerError>(()) }
-    });
-    let gate = Handler::<Ping>::gate(&handler).unwrap();
+    let handler = DedupLayer::new(store.clone()).layer(
+        (move |_ctx: Context, e: DomainEvent<Ping>| {
+            hd.push(e.data.seq);
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .into_service(),
+    );
+    let gate = EventService::<Ping>::gate(&handler).unwrap();
     // A handler timeout shorter than the outage: every waiting call, the
     // probing one included, is cancelled again and again.
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(2)
         .with_handler_timeout(Some(Duration::from_secs(2)))
         .with_retry(RetryPolicy::default().with_max_attempts(1000))
-        .on::<Ping, _>("t", handler)
+        .on("t", handler)
         .start()
         .await
         .unwrap();
@@ -223,14 +233,17 @@ async fn calls_failing_together_count_once_for_the_probe_backoff() {
     store.latency_ms.store(100, Ordering::SeqCst);
     let handled = Collector::new();
     let hd = handled.clone();
-    let handler = DedupLayer::new(store.clone()).layer(move |e: DomainEvent<Ping>, _ctx: Context| {
-        hd.push(e.data.seq);
-        async { Ok::<_, HandlerError>(()) }
-    });
-    let gate = Handler::<Ping>::gate(&handler).unwrap();
+    let handler = DedupLayer::new(store.clone()).layer(
+        (move |_ctx: Context, e: DomainEvent<Ping>| {
+            hd.push(e.data.seq);
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .into_service(),
+    );
+    let gate = EventService::<Ping>::gate(&handler).unwrap();
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(8)
-        .on::<Ping, _>("t", handler)
+        .on("t", handler)
         .start()
         .await
         .unwrap();

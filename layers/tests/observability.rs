@@ -97,7 +97,7 @@ async fn each_metric_moves_as_documented() {
     let g = gate.clone();
     let router = Router::new(bus.clone(), "billing")
         .with_stack(default_stack().with_dedup(Arc::new(MemoryDedupStore::new(Duration::from_secs(60), 100))))
-        .on::<Ping, _>("orders", move |e: DomainEvent<Ping>, ctx: Context| {
+        .on("orders", move |ctx: Context, e: DomainEvent<Ping>| {
             let g = g.clone();
             async move {
                 match e.data.seq {
@@ -193,7 +193,7 @@ async fn a_duplicate_event_id_is_handled_once() {
     let s = seen.clone();
     let router = Router::new(h.bus(), "g")
         .with_stack(default_stack().with_dedup(Arc::new(MemoryDedupStore::new(Duration::from_secs(60), 100))))
-        .on::<Ping, _>("t", move |e: DomainEvent<Ping>, _c: Context| {
+        .on("t", move |_c: Context, e: DomainEvent<Ping>| {
             s.push(e.id.clone());
             async { Ok::<_, HandlerError>(()) }
         })
@@ -222,7 +222,7 @@ async fn a_failed_handler_leaves_no_mark() {
     let c = calls.clone();
     let router = Router::new(h.bus(), "g")
         .with_stack(default_stack().with_dedup(Arc::new(MemoryDedupStore::new(Duration::from_secs(60), 100))))
-        .on::<Ping, _>("t", move |_e: DomainEvent<Ping>, ctx: Context| {
+        .on("t", move |ctx: Context, _e: DomainEvent<Ping>| {
             c.push(ctx.attempt());
             async move {
                 if ctx.attempt() == 1 {
@@ -301,11 +301,11 @@ async fn traceparent_links_publisher_and_handler_spans_across_the_bus() {
     let bus = instrument(&h.bus());
     let router = Router::new(bus.clone(), "billing")
         .with_default_stack()
-        .on::<Ping, _>("orders", |e: DomainEvent<Ping>, ctx: Context| async move {
+        .on("orders", |ctx: Context, e: DomainEvent<Ping>| async move {
             ctx.publish("receipts", Pong { seq: e.data.seq }).await?;
             Ok::<_, HandlerError>(())
         })
-        .on::<Pong, _>("receipts", |_e: DomainEvent<Pong>, _ctx: Context| async {
+        .on("receipts", |_ctx: Context, _e: DomainEvent<Pong>| async {
             Ok::<_, HandlerError>(())
         })
         .start()

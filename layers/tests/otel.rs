@@ -25,7 +25,7 @@ async fn handler_span_is_the_child_of_the_publish_span() {
     let bus = instrument(&h.bus());
     let router = Router::new(bus.clone(), "billing")
         .with_default_stack()
-        .on::<Ping, _>("orders", |_e: DomainEvent<Ping>, _ctx: Context| async {
+        .on("orders", |_ctx: Context, _e: DomainEvent<Ping>| async {
             Ok::<_, HandlerError>(())
         })
         .start()

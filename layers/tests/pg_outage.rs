@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use busline_core::{Context, DomainEvent, Handler, HandlerError, Layer, Router};
+use busline_core::{Context, DomainEvent, EventService, HandlerError, HandlerWithoutStateExt, Layer, Router};
 use busline_layers::{DedupLayer, PostgresDedupStore, PostgresOptions};
 use busline_testkit::events::Ping;
 use busline_testkit::support::{eventually, unique, Collector, WAIT};
@@ -179,16 +179,19 @@ async fn stream_through_an_outage(mode: Mode) {
     let handler = DedupLayer::new(store)
         .with_store_timeout(Duration::from_secs(2))
         .with_probe_backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .layer(move |e: DomainEvent<Ping>, _c: Context| {
-            hd.push(e.id.clone());
-            async { Ok::<_, HandlerError>(()) }
-        });
-    let gate = Handler::<Ping>::gate(&handler).expect("the dedup layer has a gate");
+        .layer(
+            (move |_c: Context, e: DomainEvent<Ping>| {
+                hd.push(e.id.clone());
+                async { Ok::<_, HandlerError>(()) }
+            })
+            .into_service(),
+        );
+    let gate = EventService::<Ping>::gate(&handler).expect("the dedup layer has a gate");
     let h = TestHarness::new();
     let router = Router::new(h.bus(), "billing")
         .with_max_in_flight(8)
         .with_handler_timeout(Some(Duration::from_secs(30)))
-        .on::<Ping, _>("orders", handler)
+        .on("orders", handler)
         .start()
         .await
         .unwrap();

@@ -45,7 +45,7 @@ async fn marks_survive_a_restart() {
         let hd = handled.clone();
         let router = Router::new(h.bus(), "billing")
             .with_stack(default_stack().with_dedup(store.clone()))
-            .on::<Ping, _>("orders", move |e: DomainEvent<Ping>, _c: Context| {
+            .on("orders", move |_c: Context, e: DomainEvent<Ping>| {
                 hd.push(e.id.clone());
                 async { Ok::<_, HandlerError>(()) }
             })
@@ -64,7 +64,7 @@ async fn marks_survive_a_restart() {
     let hd = handled.clone();
     let router = Router::new(h.bus(), "billing")
         .with_stack(default_stack().with_dedup(store.clone()))
-        .on::<Ping, _>("orders", move |e: DomainEvent<Ping>, _c: Context| {
+        .on("orders", move |_c: Context, e: DomainEvent<Ping>| {
             hd.push(e.id.clone());
             async { Ok::<_, HandlerError>(()) }
         })

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use busline_core::{
-    Context, DeadLetterReason, DomainEvent, HandlerError, HandlerOptions, Identity, Layer, RetryPolicy,
-    Router, RouterError,
+    Context, DeadLetterReason, DomainEvent, HandlerError, HandlerOptions, HandlerWithoutStateExt, Identity,
+    Layer, RetryPolicy, Router, RouterError,
 };
 use busline_layers::{BreakerState, BulkheadLayer, CircuitBreakerLayer, RateLimitLayer, TimeoutLayer};
 use busline_testkit::events::Ping;
@@ -15,7 +15,7 @@ use busline_testkit::support::{eventually, Collector, WAIT};
 use busline_testkit::TestHarness;
 use tokio::time::Instant;
 
-async fn ok_ping(_e: DomainEvent<Ping>, _ctx: Context) -> Result<(), HandlerError> {
+async fn ok_ping(_ctx: Context, _e: DomainEvent<Ping>) -> Result<(), HandlerError> {
     Ok(())
 }
 
@@ -24,7 +24,7 @@ async fn timeout_fires_and_the_event_is_retried() {
     let h = TestHarness::new();
     let attempts = Collector::new();
     let a = attempts.clone();
-    let handler = move |_e: DomainEvent<Ping>, ctx: Context| {
+    let handler = move |ctx: Context, _e: DomainEvent<Ping>| {
         let a = a.clone();
         async move {
             a.push(ctx.attempt());
@@ -36,7 +36,10 @@ async fn timeout_fires_and_the_event_is_retried() {
     };
     let router = Router::new(h.bus(), "g")
         .with_handler_timeout(None)
-        .on::<Ping, _>("t", TimeoutLayer::new(Duration::from_secs(1)).layer(handler))
+        .on(
+            "t",
+            TimeoutLayer::new(Duration::from_secs(1)).layer(handler.into_service()),
+        )
         .start()
         .await
         .unwrap();
@@ -60,7 +63,7 @@ async fn bulkhead_never_exceeds_its_bound_and_refuses_beyond_the_queue() {
     let peak = Arc::new(AtomicUsize::new(0));
     let done = Collector::new();
     let (r, p, d) = (running.clone(), peak.clone(), done.clone());
-    let handler = move |e: DomainEvent<Ping>, _ctx: Context| {
+    let handler = move |_ctx: Context, e: DomainEvent<Ping>| {
         let (r, p, d) = (r.clone(), p.clone(), d.clone());
         async move {
             let now = r.fetch_add(1, Ordering::SeqCst) + 1;
@@ -76,7 +79,12 @@ async fn bulkhead_never_exceeds_its_bound_and_refuses_beyond_the_queue() {
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(20)
         .with_retry(RetryPolicy::default().with_max_attempts(100))
-        .on::<Ping, _>("t", BulkheadLayer::new(3).with_max_waiting(2).layer(handler))
+        .on(
+            "t",
+            BulkheadLayer::new(3)
+                .with_max_waiting(2)
+                .layer(handler.into_service()),
+        )
         .start()
         .await
         .unwrap();
@@ -103,7 +111,7 @@ async fn circuit_opens_stops_consuming_half_opens_and_closes() {
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let calls = Collector::new();
     let (ok, c) = (healthy.clone(), calls.clone());
-    let handler = move |e: DomainEvent<Ping>, ctx: Context| {
+    let handler = move |ctx: Context, e: DomainEvent<Ping>| {
         let (ok, c) = (ok.clone(), c.clone());
         async move {
             c.push((e.data.seq, ctx.attempt(), Instant::now()));
@@ -120,7 +128,7 @@ async fn circuit_opens_stops_consuming_half_opens_and_closes() {
         .with_failure_rate_threshold(0.5)
         .with_open_duration(Duration::from_secs(10))
         .with_half_open_probes(2)
-        .layer(handler);
+        .layer(handler.into_service());
     let handle = breaker.handle();
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(1)
@@ -130,7 +138,7 @@ async fn circuit_opens_stops_consuming_half_opens_and_closes() {
                 .with_backoff(Duration::from_millis(10), Duration::from_millis(10))
                 .with_jitter(0.0),
         )
-        .on::<Ping, _>("t", breaker)
+        .on("t", breaker)
         .start()
         .await
         .unwrap();
@@ -174,7 +182,7 @@ async fn failed_probe_opens_the_breaker_again() {
     let h = TestHarness::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
-    let handler = move |_e: DomainEvent<Ping>, _ctx: Context| {
+    let handler = move |_ctx: Context, _e: DomainEvent<Ping>| {
         c.fetch_add(1, Ordering::SeqCst);
         async { Err::<(), _>(HandlerError::retryable("down")) }
     };
@@ -183,11 +191,11 @@ async fn failed_probe_opens_the_breaker_again() {
         .with_minimum_calls(2)
         .with_open_duration(Duration::from_secs(10))
         .with_half_open_probes(1)
-        .layer(handler);
+        .layer(handler.into_service());
     let handle = breaker.handle();
     let router = Router::new(h.bus(), "g")
         .with_retry(RetryPolicy::default().with_max_attempts(1000).with_jitter(0.0))
-        .on::<Ping, _>("t", breaker)
+        .on("t", breaker)
         .start()
         .await
         .unwrap();
@@ -208,13 +216,18 @@ async fn rate_limit_holds() {
     let h = TestHarness::new();
     let times = Collector::new();
     let t = times.clone();
-    let handler = move |_e: DomainEvent<Ping>, _ctx: Context| {
+    let handler = move |_ctx: Context, _e: DomainEvent<Ping>| {
         t.push(Instant::now());
         async { Ok::<_, HandlerError>(()) }
     };
     let router = Router::new(h.bus(), "g")
         .with_max_in_flight(100)
-        .on::<Ping, _>("t", RateLimitLayer::per_second(10.0).with_burst(2).layer(handler))
+        .on(
+            "t",
+            RateLimitLayer::per_second(10.0)
+                .with_burst(2)
+                .layer(handler.into_service()),
+        )
         .start()
         .await
         .unwrap();
@@ -243,18 +256,18 @@ async fn per_handler_retry_overrides_the_router_default() {
     let h = TestHarness::new();
     let router = Router::new(h.bus(), "g")
         .with_retry(RetryPolicy::default().with_max_attempts(5))
-        .on_with::<Ping, _>(
+        .on_with(
             "t",
-            |_e: DomainEvent<Ping>, _c: Context| async { Err::<(), _>(HandlerError::retryable("no")) },
+            |_c: Context, _e: DomainEvent<Ping>| async { Err::<(), _>(HandlerError::retryable("no")) },
             HandlerOptions::new().with_retry(
                 RetryPolicy::default()
                     .with_max_attempts(2)
                     .with_backoff(Duration::from_millis(5), Duration::from_millis(5)),
             ),
         )
-        .on::<busline_testkit::events::Pong, _>(
+        .on(
             "t",
-            |_e: DomainEvent<busline_testkit::events::Pong>, _c: Context| async {
+            |_c: Context, _e: DomainEvent<busline_testkit::events::Pong>| async {
                 Err::<(), _>(HandlerError::retryable("no"))
             },
         )
@@ -281,7 +294,7 @@ async fn per_handler_retry_overrides_the_router_default() {
 async fn skip_is_acked_and_counted_not_retried() {
     let h = TestHarness::new();
     let router = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", |_e: DomainEvent<Ping>, _c: Context| async {
+        .on("t", |_c: Context, _e: DomainEvent<Ping>| async {
             Err::<(), _>(HandlerError::skip("not_mine"))
         })
         .start()
@@ -300,7 +313,7 @@ async fn skip_is_acked_and_counted_not_retried() {
 async fn router_wide_layers_wrap_every_handler_and_must_come_first() {
     let h = TestHarness::new();
     let late = Router::new(h.bus(), "g")
-        .on::<Ping, _>("t", ok_ping)
+        .on("t", ok_ping)
         .layer(Identity)
         .start()
         .await;
@@ -311,7 +324,7 @@ async fn router_wide_layers_wrap_every_handler_and_must_come_first() {
     let router = Router::new(h.bus(), "g")
         .with_handler_timeout(None)
         .layer(TimeoutLayer::new(Duration::from_millis(50)))
-        .on::<Ping, _>("t", move |_e: DomainEvent<Ping>, ctx: Context| {
+        .on("t", move |ctx: Context, _e: DomainEvent<Ping>| {
             let a = a.clone();
             async move {
                 a.push(ctx.attempt());

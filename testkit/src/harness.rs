@@ -79,7 +79,7 @@ impl Recording {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let harness = TestHarness::new();
 /// let router = Router::new(harness.bus(), "billing")
-///     .on::<OrderCreated, _>("orders", |_e: DomainEvent<OrderCreated>, _ctx: Context| async {
+///     .on("orders", |_ctx: Context, _e: DomainEvent<OrderCreated>| async {
 ///         Ok::<_, HandlerError>(())
 ///     })
 ///     .start()

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use busline_core::{
-    dead_letter_topic, Bus, Context, DomainEvent, Event, Handler, HandlerError, SubscribeOptions,
+    dead_letter_topic, Bus, DomainEvent, Event, EventService, HandlerWithoutStateExt, SubscribeOptions,
     Subscription,
 };
 use tokio::sync::Notify;
@@ -142,15 +142,10 @@ impl<T: Clone> Collector<T> {
 /// let handler = recorder::<Ping>(&got);
 /// # let _ = handler;
 /// ```
-pub fn recorder<E: Event + Clone>(sink: &Arc<Collector<DomainEvent<E>>>) -> impl Handler<E> {
+pub fn recorder<E: Event + Clone>(sink: &Arc<Collector<DomainEvent<E>>>) -> impl EventService<E> {
     let sink = sink.clone();
-    move |event: DomainEvent<E>, _ctx: Context| {
-        let sink = sink.clone();
-        async move {
-            sink.push(event);
-            Ok::<_, HandlerError>(())
-        }
-    }
+    // `FnOnce + Clone`: the closure moves its copy of `sink` into the future.
+    (move |event: DomainEvent<E>| async move { sink.push(event) }).into_service()
 }
 
 /// Counts handled events towards a target and wakes whoever waits for it;

@@ -62,7 +62,7 @@ async fn a_dead_letter_too_large_to_write_is_cut(fixture: KafkaFixture, size: us
     let (topic, group) = (unique("toolarge"), unique("g"));
     let handled = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&handled))
+        .on(&topic, recorder(&handled))
         .start()
         .await
         .unwrap();
@@ -181,7 +181,7 @@ async fn mock_a_failing_dead_letter_is_retried_with_backoff() {
     let sink = handled.clone();
     let router = Router::new(bus.clone(), &group)
         .observe(Observer(times.clone()))
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 if e.data.seq == 1 {

@@ -49,7 +49,7 @@ async fn header_names_that_are_not_utf8(fixture: KafkaFixture) {
     let (topic, group) = (unique("bytenames"), unique("g"));
     let handled = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&handled))
+        .on(&topic, recorder(&handled))
         .start()
         .await
         .unwrap();

@@ -104,7 +104,7 @@ async fn cloudevents_from_a_plain_client_reach_a_typed_handler(fixture: KafkaFix
     let (topic, group) = (unique("interop-in"), unique("g"));
     let got = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&got))
+        .on(&topic, recorder(&got))
         .start()
         .await
         .unwrap();

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use busline_core::{
-    dead_letter_topic, Bus, Context, DomainEvent, Handler, HandlerError, Router, RunningRouter,
-    SubscribeOptions,
+    dead_letter_topic, Bus, Context, DomainEvent, EventService, HandlerError, HandlerWithoutStateExt, Router,
+    RunningRouter, SubscribeOptions,
 };
 use busline_kafka::KafkaBus;
 use busline_testkit::events::Ping;
@@ -70,9 +70,9 @@ impl KeyLog {
 }
 
 /// `bus`: the member's connection, whose revocations the handler watches.
-fn handler(member: &'static str, log: &Arc<KeyLog>, bus: &KafkaBus) -> impl Handler<Ping> {
+fn handler(member: &'static str, log: &Arc<KeyLog>, bus: &KafkaBus) -> impl EventService<Ping> {
     let (log, bus) = (log.clone(), bus.clone());
-    move |e: DomainEvent<Ping>, ctx: Context| {
+    let handle = move |ctx: Context, e: DomainEvent<Ping>| {
         let (log, bus) = (log.clone(), bus.clone());
         async move {
             let seq = e.data.seq;
@@ -112,7 +112,8 @@ fn handler(member: &'static str, log: &Arc<KeyLog>, bus: &KafkaBus) -> impl Hand
             log.handled.push((member, key, seq));
             Ok::<_, HandlerError>(())
         }
-    }
+    };
+    handle.into_service()
 }
 
 /// A router of `group` on `topic` with one slot per key, handling as
@@ -127,7 +128,7 @@ async fn member(
 ) -> RunningRouter {
     Router::new(bus.clone(), group)
         .with_max_in_flight(KEYS)
-        .on::<Ping, _>(topic, handler(name, log, kafka))
+        .on(topic, handler(name, log, kafka))
         .start()
         .await
         .unwrap()
@@ -222,7 +223,7 @@ async fn a_dlq_reader_does_not_rebalance_the_main_subscription(fixture: KafkaFix
     let seen = Collector::<u64>::new();
     let sink = seen.clone();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.seq);

@@ -58,7 +58,7 @@ async fn a_partition_without_offset_in_an_existing_group_starts_at_the_earliest(
     let bus = busline_testkit::BusFixture::connect(&fixture).await;
     let seen = Collector::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&seen))
+        .on(&topic, recorder::<Ping>(&seen))
         .start()
         .await
         .unwrap();
@@ -86,7 +86,7 @@ async fn a_group_without_offsets_starts_at_the_end(mut fixture: KafkaFixture) {
     let bus = busline_testkit::BusFixture::connect(&fixture).await;
     let seen = Collector::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&seen))
+        .on(&topic, recorder(&seen))
         .start()
         .await
         .unwrap();

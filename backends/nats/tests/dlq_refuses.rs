@@ -48,7 +48,7 @@ async fn a_refused_dead_letter_is_retried_with_a_growing_delay() {
     let calls = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let seen = calls.clone();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, move |_e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, _e: DomainEvent<Ping>| {
             let seen = seen.clone();
             async move {
                 seen.lock().unwrap().push(Instant::now());

@@ -22,7 +22,7 @@ async fn a_letter_above_max_payload_is_written_cut_as_too_large() {
     let (topic, group) = (unique("dlq.big"), unique("g"));
 
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, |_e: DomainEvent<Ping>, _ctx: Context| async move {
+        .on(&topic, |_ctx: Context, _e: DomainEvent<Ping>| async move {
             // A long error text: the letter carries it in a header.
             Err::<(), _>(HandlerError::permanent("refused: ".repeat(200)))
         })

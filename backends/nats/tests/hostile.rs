@@ -28,7 +28,7 @@ async fn a_non_ascii_header_name_is_dead_lettered_and_the_consumer_goes_on() {
     let (topic, group) = (unique("hostile.name"), unique("g"));
     let got = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&got))
+        .on(&topic, recorder(&got))
         .start()
         .await
         .unwrap();
@@ -161,7 +161,7 @@ async fn header_bytes_that_are_not_utf8_are_moved_aside_and_the_events_around_th
     let mut dlq = dead_letters(&bus, &topic, &group).await;
     let got = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&got))
+        .on(&topic, recorder(&got))
         .start()
         .await
         .unwrap();

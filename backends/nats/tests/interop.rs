@@ -71,7 +71,7 @@ async fn cloudevents_from_a_plain_client_reach_a_typed_handler() {
     let (topic, group) = (unique("interop.in"), unique("g"));
     let got = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&got))
+        .on(&topic, recorder(&got))
         .start()
         .await
         .unwrap();
@@ -152,7 +152,7 @@ async fn binding_quoted_values_and_ce_datacontenttype_from_a_plain_client() {
     let (topic, group) = (unique("interop.quoted"), unique("g"));
     let got = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&got))
+        .on(&topic, recorder(&got))
         .start()
         .await
         .unwrap();

@@ -104,7 +104,7 @@ async fn retries_that_outlast_the_servers_deliveries_still_end_in_the_dlq() {
     let (topic, group) = (unique("maxdeliver.outlast"), unique("g"));
     let mut dlq = dead_letters(&bus, &topic, &group).await;
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, |_e: DomainEvent<Ping>, _ctx: Context| async move {
+        .on(&topic, |_ctx: Context, _e: DomainEvent<Ping>| async move {
             Err::<(), _>(HandlerError::retryable("the gateway is down"))
         })
         .start()

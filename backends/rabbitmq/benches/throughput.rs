@@ -233,7 +233,7 @@ async fn busline_consume_router(bus: &Bus, topic: &str, group: &str, n: u64) -> 
     let start = Instant::now();
     let router = Router::new(bus.clone(), group)
         .with_max_in_flight(PREFETCH as usize)
-        .on::<OrderPlaced, _>(topic, move |e: DomainEvent<OrderPlaced>, _ctx: Context| {
+        .on(topic, move |_ctx: Context, e: DomainEvent<OrderPlaced>| {
             let (c, d) = (c.clone(), d.clone());
             async move {
                 std::hint::black_box(e.data.total_cents);

@@ -57,7 +57,7 @@ async fn a_dead_letter_is_kept_when_the_dlq_queue_was_deleted() {
     let bus = bus(&fixture, &unique("copies-dlq")).await;
     let (topic, group) = (unique("copies-dlq"), unique("g"));
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, |_e: DomainEvent<Ping>, _ctx: Context| async move {
+        .on(&topic, |_ctx: Context, _e: DomainEvent<Ping>| async move {
             Err::<(), _>(HandlerError::permanent("refused"))
         })
         .start()
@@ -108,7 +108,7 @@ async fn a_retry_is_kept_when_the_retry_queue_was_deleted() {
                 .with_max_attempts(3)
                 .with_backoff(Duration::from_millis(50), Duration::from_millis(50)),
         )
-        .on::<Ping, _>(&topic, move |_e: DomainEvent<Ping>, ctx: Context| {
+        .on(&topic, move |ctx: Context, _e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(ctx.attempt());

@@ -113,7 +113,7 @@ async fn a_refused_dead_letter_comes_back_after_a_backoff() {
     let seen = Collector::<Instant>::new();
     let sink = seen.clone();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, move |_e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, _e: DomainEvent<Ping>| {
             sink.push(Instant::now());
             async { Err::<(), _>(HandlerError::permanent("refused")) }
         })
@@ -178,7 +178,7 @@ async fn a_refused_retry_copy_is_sent_again_after_a_backoff() {
                 .with_backoff(BACKOFF, BACKOFF)
                 .with_jitter(0.0),
         )
-        .on::<Ping, _>(&topic, move |_e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, _e: DomainEvent<Ping>| {
             sink.push(Instant::now());
             let ok = ok.load(Ordering::SeqCst);
             async move {

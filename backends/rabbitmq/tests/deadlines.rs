@@ -150,7 +150,7 @@ async fn shutdown_returns_within_its_deadline_while_the_connection_is_frozen() {
     let sink = seen.clone();
     let router = Router::new(bus.clone(), &group)
         .with_shutdown_deadline(SHUTDOWN)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.seq);

@@ -155,7 +155,7 @@ async fn a_cloudevents_message_from_plain_lapin_reaches_a_typed_handler() {
     let (topic, group) = (unique("interop-in"), unique("g"));
     let got = Collector::<DomainEvent<OrderPlaced>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<OrderPlaced, _>(&topic, recorder(&got))
+        .on(&topic, recorder(&got))
         .start()
         .await
         .unwrap();

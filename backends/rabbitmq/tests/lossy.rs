@@ -72,7 +72,7 @@ async fn a_consumer_resumes_after_its_connection_is_dropped() {
     let seen = Collector::<u64>::new();
     let sink = seen.clone();
     let router = Router::new(consumer.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.seq);
@@ -225,7 +225,7 @@ async fn publishes_during_a_connection_loss_fail_or_are_confirmed() {
     let seen = Arc::new(Collector::<u64>::new());
     let sink = seen.clone();
     let router = Router::new(consumer.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.seq);

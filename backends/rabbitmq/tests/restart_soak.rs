@@ -53,7 +53,7 @@ async fn restarts_under_load_wedge_no_publish_and_lose_no_confirmed_event() {
     let handled = Collector::<u64>::new();
     let sink = handled.clone();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _c: Context| {
+        .on(&topic, move |_c: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.seq);

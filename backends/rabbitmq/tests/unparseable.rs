@@ -74,7 +74,7 @@ async fn recorder(
 ) -> RunningRouter {
     let sink = seen.clone();
     Router::new(bus.clone(), group)
-        .on::<Ping, _>(topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(e.data.seq);

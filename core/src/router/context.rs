@@ -66,6 +66,10 @@ impl Context {
         &self.topic
     }
 
+    pub(crate) fn topic_arc(&self) -> Arc<str> {
+        self.topic.clone()
+    }
+
     /// The group handling it.
     pub fn group(&self) -> &str {
         &self.group

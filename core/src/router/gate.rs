@@ -20,7 +20,7 @@ pub enum GateState {
 /// A switch shared by a handler and the router's consumer loop: while it is
 /// closed, the loop takes no delivery from the subscription, so events wait
 /// in the broker (no attempt is used up). Handlers expose theirs through
-/// [`Handler::gate`](super::Handler::gate); a consumer circuit breaker is the
+/// [`EventService::gate`](super::EventService::gate); a consumer circuit breaker is the
 /// main user.
 ///
 /// Closing a gate holds back the whole subscription of the handler's topic

@@ -1,19 +1,20 @@
-//! [`Layer`]: wraps a handler into another handler, in the style of tower.
+//! [`Layer`]: wraps an event service into another, in the style of tower.
 
-use super::{Context, Gate, Handler};
+use super::{Context, EventService, Gate};
 use crate::{DomainEvent, Event};
 
-/// Wraps a handler `H` into another handler: a timeout, a bulkhead, a
+/// Wraps an [`EventService`] `H` into another: a timeout, a bulkhead, a
 /// circuit breaker, tracing, metrics. One small type per idea; layers
 /// compose with [`Stack`] (or [`Router::layer`](super::Router::layer) called
 /// several times), and `Option<L>` is a layer that may be switched off.
 ///
-/// A layer is applied once per registered handler, so state a layer makes in
-/// [`layer`](Self::layer) (a bulkhead's permits, a breaker's window) belongs
-/// to that one handler.
+/// A layer is applied once per registered handler (to the handler with its
+/// state, a [`HandlerService`](super::HandlerService)), so state a layer makes
+/// in [`layer`](Self::layer) (a bulkhead's permits, a breaker's window)
+/// belongs to that one handler.
 ///
 /// ```
-/// use busline_core::{Context, DomainEvent, Event, Handler, HandlerError, Layer};
+/// use busline_core::{Context, DomainEvent, Event, EventService, HandlerError, Layer};
 /// use futures::future::BoxFuture;
 ///
 /// /// Logs every call.
@@ -21,11 +22,11 @@ use crate::{DomainEvent, Event};
 /// struct Log<H>(H);
 ///
 /// impl<H> Layer<H> for LogLayer {
-///     type Handler = Log<H>;
+///     type Service = Log<H>;
 ///     fn layer(&self, inner: H) -> Log<H> { Log(inner) }
 /// }
 ///
-/// impl<E: Event, H: Handler<E>> Handler<E> for Log<H> {
+/// impl<E: Event, H: EventService<E>> EventService<E> for Log<H> {
 ///     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 ///     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {
 ///         let id = event.id.clone();
@@ -40,11 +41,11 @@ use crate::{DomainEvent, Event};
 /// }
 /// ```
 pub trait Layer<H> {
-    /// The wrapping handler.
-    type Handler;
+    /// The wrapping service.
+    type Service;
 
     /// Wraps `inner`.
-    fn layer(&self, inner: H) -> Self::Handler;
+    fn layer(&self, inner: H) -> Self::Service;
 }
 
 /// The layer that wraps nothing: a router's default.
@@ -52,7 +53,7 @@ pub trait Layer<H> {
 pub struct Identity;
 
 impl<H> Layer<H> for Identity {
-    type Handler = H;
+    type Service = H;
 
     fn layer(&self, inner: H) -> H {
         inner
@@ -73,19 +74,19 @@ impl<Inner, Outer> Stack<Inner, Outer> {
     }
 }
 
-impl<H, Inner: Layer<H>, Outer: Layer<Inner::Handler>> Layer<H> for Stack<Inner, Outer> {
-    type Handler = Outer::Handler;
+impl<H, Inner: Layer<H>, Outer: Layer<Inner::Service>> Layer<H> for Stack<Inner, Outer> {
+    type Service = Outer::Service;
 
-    fn layer(&self, inner: H) -> Self::Handler {
+    fn layer(&self, inner: H) -> Self::Service {
         self.outer.layer(self.inner.layer(inner))
     }
 }
 
 /// A layer that may be switched off: `None` leaves the handler as it is.
 impl<H, L: Layer<H>> Layer<H> for Option<L> {
-    type Handler = Either<L::Handler, H>;
+    type Service = Either<L::Service, H>;
 
-    fn layer(&self, inner: H) -> Self::Handler {
+    fn layer(&self, inner: H) -> Self::Service {
         match self {
             Some(layer) => Either::Left(layer.layer(inner)),
             None => Either::Right(inner),
@@ -93,7 +94,7 @@ impl<H, L: Layer<H>> Layer<H> for Option<L> {
     }
 }
 
-/// One of two handlers: what an `Option` layer makes.
+/// One of two services: what an `Option` layer makes.
 #[derive(Debug, Clone)]
 pub enum Either<A, B> {
     /// The first.
@@ -102,7 +103,7 @@ pub enum Either<A, B> {
     Right(B),
 }
 
-impl<E: Event, A: Handler<E>, B: Handler<E>> Handler<E> for Either<A, B> {
+impl<E: Event, A: EventService<E>, B: EventService<E>> EventService<E> for Either<A, B> {
     type Future = futures::future::Either<A::Future, B::Future>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {

@@ -3,6 +3,8 @@
 
 mod context;
 mod dispatch;
+mod extract;
+mod failure;
 mod gate;
 mod handler;
 mod health;
@@ -10,6 +12,7 @@ mod layer;
 mod observe;
 mod route;
 mod running;
+mod service;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -17,12 +20,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use context::Context;
+pub use extract::{Attempt, FromContext, FromEvent, FromRef, State, Topic};
+pub use failure::{FailureKind, HandlerError, IntoHandlerResult};
 pub use gate::{Gate, GateState};
-pub use handler::{FailureKind, Handler, HandlerError};
+pub use handler::{Handler, HandlerService, HandlerWithoutStateExt};
 pub use health::{RouterHealth, SubscriptionHealth, SubscriptionState};
 pub use layer::{Either, Identity, Layer, Stack};
 pub use observe::{Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 pub use running::{RouterStats, RunningRouter};
+pub use service::EventService;
 
 use route::{Route, TypedRoute, Upcasters};
 use thiserror::Error;
@@ -95,25 +101,30 @@ type RouteFactory = Box<dyn FnOnce(&Upcasters) -> Arc<dyn Route> + Send>;
 /// # #[derive(serde::Serialize, serde::Deserialize)]
 /// # struct OrderCreatedV1 { id: String }
 /// # impl Event for OrderCreatedV1 { const TYPE: &'static str = "order.created"; const VERSION: u32 = 1; }
-/// async fn reserve_items(event: DomainEvent<OrderCreated>, ctx: Context) -> Result<(), HandlerError> {
-///     Ok(())
+/// # #[derive(Clone)] struct Stock;
+/// # impl Stock { async fn reserve(&self, _: &str) -> anyhow::Result<()> { Ok(()) } }
+/// async fn reserve_items(State(stock): State<Stock>, event: DomainEvent<OrderCreated>) -> anyhow::Result<()> {
+///     stock.reserve(&event.data.order_id).await
 /// }
-/// # async fn demo(bus: Bus) -> Result<(), RouterError> {
+/// # async fn demo(bus: Bus, stock: Stock) -> Result<(), RouterError> {
 /// Router::new(bus.clone(), "inventory")
-///     .on::<OrderCreated, _>("orders", reserve_items)
-///     .upcast::<OrderCreatedV1, OrderCreated>(|old| OrderCreated { order_id: old.id })
+///     .with_state(stock)
+///     .on("orders", reserve_items)
+///     .upcast(|old: OrderCreatedV1| OrderCreated { order_id: old.id })
 ///     .run_until(async { let _ = tokio::signal::ctrl_c().await; })
 ///     .await?;
 /// # Ok(()) }
 /// ```
 ///
-/// Layers ([`Layer`]) wrap handlers: [`layer`](Router::layer) sets a stack
-/// for every handler registered after it, and a single handler can be
-/// wrapped by hand with `layer.layer(handler)`. The type parameter is the
-/// router-wide stack ([`Identity`] until `layer` is called).
-pub struct Router<L = Identity> {
+/// `S` is the state handlers take with [`State`] ([`with_state`](Router::with_state);
+/// `()` until then). Layers ([`Layer`]) wrap handlers: [`layer`](Router::layer)
+/// sets a stack for every handler registered after it, and a single handler
+/// can be wrapped by hand with `layer.layer(handler.with_state(state))`.
+/// `L` is the router-wide stack ([`Identity`] until `layer` is called).
+pub struct Router<S = (), L = Identity> {
     bus: Bus,
     group: String,
+    state: S,
     routes: BTreeMap<String, Vec<(&'static str, RouteFactory)>>,
     upcasters: Upcasters,
     problems: Vec<RouterError>,
@@ -176,6 +187,7 @@ impl Router {
         Self {
             bus,
             group: group.into(),
+            state: (),
             routes: BTreeMap::new(),
             upcasters: Upcasters::default(),
             problems: Vec::new(),
@@ -186,7 +198,52 @@ impl Router {
     }
 }
 
-impl<L> Router<L> {
+impl<L> Router<(), L> {
+    /// Gives the handlers registered after this call `state`: an argument
+    /// [`State<T>`](State) takes it (cloned), or a part of it (`T: FromRef<S>`).
+    /// A router has one state; handlers that need another take it bound
+    /// (`handler.with_state(other)`).
+    ///
+    /// ```
+    /// # use busline_core::*;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl Event for Ping { const TYPE: &'static str = "ping"; }
+    /// #[derive(Clone)]
+    /// struct Db;
+    /// async fn store(State(_db): State<Db>, _ping: DomainEvent<Ping>) {}
+    /// # fn demo(bus: Bus) {
+    /// let router = Router::new(bus, "g").with_state(Db).on("pings", store);
+    /// # }
+    /// ```
+    ///
+    /// A handler that takes state it was not given does not compile:
+    ///
+    /// ```compile_fail
+    /// # use busline_core::*;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl Event for Ping { const TYPE: &'static str = "ping"; }
+    /// # #[derive(Clone)] struct Db;
+    /// # async fn store(State(_db): State<Db>, _ping: DomainEvent<Ping>) {}
+    /// # fn demo(bus: Bus) {
+    /// let router = Router::new(bus, "g").on("pings", store); // no `with_state(db)`
+    /// # }
+    /// ```
+    pub fn with_state<S: Clone + Send + Sync + 'static>(self, state: S) -> Router<S, L> {
+        Router {
+            bus: self.bus,
+            group: self.group,
+            state,
+            routes: self.routes,
+            upcasters: self.upcasters,
+            problems: self.problems,
+            settings: self.settings,
+            layer: self.layer,
+            observers: self.observers,
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static, L> Router<S, L> {
     /// Wraps every handler registered after this call in `layer`, inside the
     /// layers set before (the first layer set is the outermost, as with
     /// tower's `ServiceBuilder`). Call it before registering handlers:
@@ -197,14 +254,14 @@ impl<L> Router<L> {
     /// # use busline_core::*;
     /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
     /// # impl Event for Ping { const TYPE: &'static str = "ping"; }
-    /// # async fn handle(_: DomainEvent<Ping>, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn handle(_: Context, _: DomainEvent<Ping>) -> Result<(), HandlerError> { Ok(()) }
     /// # fn demo(bus: Bus) {
     /// let router = Router::new(bus, "g")
     ///     .layer(Identity) // e.g. busline_layers::default_stack()
-    ///     .on::<Ping, _>("pings", handle);
+    ///     .on("pings", handle);
     /// # }
     /// ```
-    pub fn layer<Inner>(mut self, layer: Inner) -> Router<Stack<Inner, L>> {
+    pub fn layer<Inner>(mut self, layer: Inner) -> Router<S, Stack<Inner, L>> {
         if self.routes.values().any(|entries| !entries.is_empty()) {
             self.problems.push(RouterError::LayerAfterHandlers {
                 group: self.group.clone(),
@@ -213,6 +270,7 @@ impl<L> Router<L> {
         Router {
             bus: self.bus,
             group: self.group,
+            state: self.state,
             routes: self.routes,
             upcasters: self.upcasters,
             problems: self.problems,
@@ -229,10 +287,14 @@ impl<L> Router<L> {
         self
     }
 
-    /// Handles events of type `E` (by `E::TYPE` and `E::VERSION`) on `topic`.
+    /// Handles events of type `E` (by `E::TYPE` and `E::VERSION`) on `topic`
+    /// with `handler` (a [`Handler`]: an async fn or closure, or an
+    /// [`EventService`]). `E` is the type of its `DomainEvent<E>` argument;
+    /// a handler that takes none names it: `.on(topic, handler)`.
     ///
     /// A function of the wrong shape is refused at compile time with an
-    /// error that says what a handler is:
+    /// error that says what a handler is (the messages are pinned by the
+    /// `ui` tests of busline-core):
     ///
     /// ```compile_fail
     /// # use busline_core::*;
@@ -240,13 +302,13 @@ impl<L> Router<L> {
     /// # impl Event for Ping { const TYPE: &'static str = "ping"; }
     /// async fn takes_the_payload(ping: Ping) -> Result<(), HandlerError> { Ok(()) }
     /// # fn demo(bus: Bus) {
-    /// Router::new(bus, "g").on::<Ping, _>("pings", takes_the_payload); // needs DomainEvent<Ping>, Context
+    /// Router::new(bus, "g").on("pings", takes_the_payload); // needs DomainEvent<Ping>
     /// # }
     /// ```
-    pub fn on<E: Event, H: Handler<E>>(self, topic: impl Into<String>, handler: H) -> Self
+    pub fn on<E: Event, T: 'static, H: Handler<T, S, E>>(self, topic: impl Into<String>, handler: H) -> Self
     where
-        L: Layer<H>,
-        L::Handler: Handler<E>,
+        L: Layer<HandlerService<H, T, S>>,
+        L::Service: EventService<E>,
     {
         self.on_with(topic, handler, HandlerOptions::default())
     }
@@ -257,22 +319,22 @@ impl<L> Router<L> {
     /// # use busline_core::*;
     /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
     /// # impl Event for Ping { const TYPE: &'static str = "ping"; }
-    /// # async fn handle(_: DomainEvent<Ping>, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    /// # async fn handle(_: Context, _: DomainEvent<Ping>) -> Result<(), HandlerError> { Ok(()) }
     /// # fn demo(bus: Bus) {
     /// let patient = RetryPolicy::default().with_max_attempts(20);
     /// let router = Router::new(bus, "g")
-    ///     .on_with::<Ping, _>("pings", handle, HandlerOptions::new().with_retry(patient));
+    ///     .on_with("pings", handle, HandlerOptions::new().with_retry(patient));
     /// # }
     /// ```
-    pub fn on_with<E: Event, H: Handler<E>>(
+    pub fn on_with<E: Event, T: 'static, H: Handler<T, S, E>>(
         mut self,
         topic: impl Into<String>,
         handler: H,
         options: HandlerOptions,
     ) -> Self
     where
-        L: Layer<H>,
-        L::Handler: Handler<E>,
+        L: Layer<HandlerService<H, T, S>>,
+        L::Service: EventService<E>,
     {
         let topic = topic.into();
         let entries = self.routes.entry(topic.clone()).or_default();
@@ -284,12 +346,12 @@ impl<L> Router<L> {
             });
             return self;
         }
-        let handler = Arc::new(self.layer.layer(handler));
+        let handler = Arc::new(self.layer.layer(handler.with_state(self.state.clone())));
         let retry = options.retry.map(Arc::new);
         entries.push((
             E::TYPE,
             Box::new(move |upcasters: &Upcasters| {
-                Arc::new(TypedRoute::<E, L::Handler> {
+                Arc::new(TypedRoute::<E, L::Service> {
                     handler,
                     upcasters: upcasters.for_type::<E>(),
                     retry,
@@ -302,7 +364,8 @@ impl<L> Router<L> {
     /// Converts events of an older version `Old` into `New` before `New`'s
     /// handler sees them. Both must share the event type, and `Old` must be
     /// older. Register one upcaster per old version, straight to the handled
-    /// version.
+    /// version. The types come from the closure:
+    /// `.upcast(|old: OrderCreatedV1| OrderCreated { .. })`.
     pub fn upcast<Old: Event, New: Event>(
         mut self,
         convert: impl Fn(Old) -> New + Send + Sync + 'static,

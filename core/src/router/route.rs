@@ -9,7 +9,7 @@ use busline_codecs::{CodecError, CodecRegistry};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{Context, Gate, Handler, HandlerError};
+use super::{Context, EventService, Gate, HandlerError};
 use crate::{DeadLetterReason, Event, RawEvent, RetryPolicy};
 
 /// Why an event was refused before its handler ran: dead-letter it now.
@@ -79,7 +79,7 @@ fn refusal(err: CodecError) -> Refusal {
     }
 }
 
-impl<E: Event, H: Handler<E>> Route for TypedRoute<E, H> {
+impl<E: Event, H: EventService<E>> Route for TypedRoute<E, H> {
     fn prepare(
         &self,
         raw: RawEvent,

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use busline_core::{BoxError, Context, DomainEvent, Event, Gate, Handler, HandlerError, Layer};
+use busline_core::{BoxError, Context, DomainEvent, Event, EventService, Gate, HandlerError, Layer};
 use futures::future::BoxFuture;
 
 mod memory;
@@ -110,7 +110,7 @@ impl DedupLayer {
 }
 
 impl<H> Layer<H> for DedupLayer {
-    type Handler = Dedup<H>;
+    type Service = Dedup<H>;
 
     fn layer(&self, inner: H) -> Dedup<H> {
         Dedup {
@@ -149,14 +149,14 @@ impl<H> Dedup<H> {
 }
 
 /// The gate a [`Dedup`] closes, and whether it is the inner handler's.
-fn gate_of<E: Event, H: Handler<E>>(dedup: &Dedup<H>) -> &(Gate, bool) {
+fn gate_of<E: Event, H: EventService<E>>(dedup: &Dedup<H>) -> &(Gate, bool) {
     dedup.gate.get_or_init(|| match dedup.inner.gate() {
         Some(gate) => (gate, true),
         None => (Gate::new(), false),
     })
 }
 
-impl<E: Event, H: Handler<E>> Handler<E> for Dedup<H> {
+impl<E: Event, H: EventService<E>> EventService<E> for Dedup<H> {
     type Future = BoxFuture<'static, Result<(), HandlerError>>;
 
     fn call(&self, event: DomainEvent<E>, ctx: Context) -> Self::Future {

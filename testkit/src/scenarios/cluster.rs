@@ -46,7 +46,7 @@ pub async fn cluster_member_killed_mid_stream(fixture: &dyn BusFixture) -> Optio
     let sink = seen.clone();
     let router = Router::new(consumer.clone(), &group)
         .with_max_in_flight(64)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let sink = Arc::clone(&sink);
             async move {
                 sink.push((e.data.seq, Instant::now()));

@@ -78,7 +78,7 @@ pub async fn concurrent_publishers_and_consumers(fixture: &dyn BusFixture) {
         let bus = fixture.connect().await;
         let router = Router::new(bus.clone(), &group)
             .with_max_in_flight(32)
-            .on::<Ping, _>(&topic, record_seqs(&seen))
+            .on(&topic, record_seqs(&seen))
             .start()
             .await
             .unwrap();
@@ -313,7 +313,7 @@ pub async fn structured_mode_round_trip(fixture: &dyn BusFixture) {
     let (topic, group) = (unique("structured"), unique("g"));
     let got = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, crate::support::recorder(&got))
+        .on(&topic, crate::support::recorder(&got))
         .start()
         .await
         .unwrap();

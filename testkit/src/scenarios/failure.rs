@@ -64,7 +64,7 @@ pub async fn dead_letter_after_max_attempts(fixture: &dyn BusFixture) {
                 .with_max_attempts(3)
                 .with_backoff(Duration::from_millis(20), Duration::from_millis(50)),
         )
-        .on::<Ping, _>(&topic, move |_e: DomainEvent<Ping>, ctx: Context| {
+        .on(&topic, move |ctx: Context, _e: DomainEvent<Ping>| {
             counter.fetch_add(1, Ordering::SeqCst);
             async move {
                 Err(HandlerError::retryable(format!(
@@ -121,7 +121,7 @@ pub async fn permanent_error_and_poison_go_to_dlq(fixture: &dyn BusFixture) {
     let handled = Collector::<u64>::new();
     let sink = handled.clone();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 if e.data.seq == 1 {
@@ -223,7 +223,7 @@ pub async fn panic_and_timeout_are_retried(fixture: &dyn BusFixture) {
     let sink = handled.clone();
     let router = Router::new(bus.clone(), &group)
         .with_handler_timeout(Some(Duration::from_millis(500)))
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, ctx: Context| {
+        .on(&topic, move |ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 match (e.data.seq, ctx.attempt()) {
@@ -232,7 +232,7 @@ pub async fn panic_and_timeout_are_retried(fixture: &dyn BusFixture) {
                     _ => {}
                 }
                 sink.push((e.data.seq, ctx.attempt()));
-                Ok(())
+                Ok::<_, HandlerError>(())
             }
         })
         .start()

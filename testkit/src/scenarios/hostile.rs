@@ -151,7 +151,7 @@ pub async fn hostile_input(fixture: &dyn BusFixture, poison: Poison) {
     let handled = Collector::<(u64, String)>::new();
     let sink = handled.clone();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push((e.data.seq, e.data.note));

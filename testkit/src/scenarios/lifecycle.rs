@@ -80,7 +80,7 @@ pub async fn graceful_shutdown(fixture: &dyn BusFixture) {
     let finished = Collector::<u64>::new();
     let handler = {
         let (started, finished) = (started.clone(), finished.clone());
-        move |e: DomainEvent<Ping>, _ctx: Context| {
+        move |_ctx: Context, e: DomainEvent<Ping>| {
             let (started, finished) = (started.clone(), finished.clone());
             async move {
                 started.push(e.data.seq);
@@ -98,7 +98,7 @@ pub async fn graceful_shutdown(fixture: &dyn BusFixture) {
     let router = Router::new(bus.clone(), &group)
         .with_max_in_flight(4)
         .with_shutdown_deadline(Duration::from_secs(20))
-        .on::<Ping, _>(&topic, handler.clone())
+        .on(&topic, handler.clone())
         .start()
         .await
         .unwrap();
@@ -118,7 +118,7 @@ pub async fn graceful_shutdown(fixture: &dyn BusFixture) {
     let bus = fixture.connect().await;
     let router = Router::new(bus.clone(), &group)
         .with_max_in_flight(4)
-        .on::<Ping, _>(&topic, handler)
+        .on(&topic, handler)
         .start()
         .await
         .unwrap();
@@ -146,7 +146,7 @@ pub async fn graceful_shutdown(fixture: &dyn BusFixture) {
     let router = Router::new(bus.clone(), &group)
         .with_shutdown_deadline(Duration::from_secs(5))
         .with_handler_timeout(None)
-        .on::<Ping, _>(&topic, move |_e: DomainEvent<Ping>, ctx: Context| {
+        .on(&topic, move |ctx: Context, _e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 sink.push(ctx.attempt());
@@ -167,9 +167,9 @@ pub async fn graceful_shutdown(fixture: &dyn BusFixture) {
         "the unfinished handler is cancelled at the deadline"
     );
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, {
+        .on(&topic, {
             let sink = stuck.clone();
-            move |_e: DomainEvent<Ping>, ctx: Context| {
+            move |ctx: Context, _e: DomainEvent<Ping>| {
                 let sink = sink.clone();
                 async move {
                     sink.push(ctx.attempt());
@@ -204,7 +204,7 @@ pub async fn publisher_closed_with_events_in_flight(fixture: &dyn BusFixture) {
     let consumer = fixture.connect().await;
     let seen = Collector::<u64>::new();
     let router = Router::new(consumer.clone(), &group)
-        .on::<Ping, _>(&topic, record_seqs(&seen))
+        .on(&topic, record_seqs(&seen))
         .start()
         .await
         .unwrap();
@@ -276,7 +276,7 @@ pub async fn broker_restart_loses_no_confirmed_event(fixture: &dyn BusFixture) {
     let seen = Collector::<u64>::new();
     let router = Router::new(consumer.clone(), &group)
         .with_max_in_flight(64)
-        .on::<Ping, _>(&topic, record_seqs(&seen))
+        .on(&topic, record_seqs(&seen))
         .start()
         .await
         .unwrap();

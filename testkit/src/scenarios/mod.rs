@@ -28,8 +28,8 @@ pub use routing::{correlation_and_causation, dlq_replay, order_per_key, typed_ro
 use std::sync::Arc;
 
 use busline_core::{
-    dead_letter_topic, Bus, Context, Delivery, DomainEvent, EnvelopeError, Handler, HandlerError, RawEvent,
-    SubscribeOptions, Subscription,
+    dead_letter_topic, Bus, Delivery, DomainEvent, EnvelopeError, EventService, HandlerWithoutStateExt,
+    RawEvent, SubscribeOptions, Subscription,
 };
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -85,15 +85,9 @@ impl Drop for DlqReader {
 }
 
 /// A handler that records the sequence number of every ping it handles.
-pub(crate) fn record_seqs(sink: &Arc<Collector<u64>>) -> impl Handler<Ping> {
+pub(crate) fn record_seqs(sink: &Arc<Collector<u64>>) -> impl EventService<Ping> {
     let sink = sink.clone();
-    move |e: DomainEvent<Ping>, _ctx: Context| {
-        let sink = sink.clone();
-        async move {
-            sink.push(e.data.seq);
-            Ok::<_, HandlerError>(())
-        }
-    }
+    (move |e: DomainEvent<Ping>| async move { sink.push(e.data.seq) }).into_service()
 }
 
 /// Prints why a scenario does not apply to a backend.

@@ -32,7 +32,7 @@ pub async fn order_per_key(fixture: &dyn BusFixture) {
     let sink = handled.clone();
     let router = Router::new(bus.clone(), &group)
         .with_max_in_flight(16)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, ctx: Context| {
+        .on(&topic, move |ctx: Context, e: DomainEvent<Ping>| {
             let sink = sink.clone();
             async move {
                 // Uneven handling times, so that concurrency would reorder.
@@ -78,14 +78,14 @@ pub async fn typed_routing_and_versions(fixture: &dyn BusFixture) {
     let pings = Collector::<u64>::new();
     let (o, p) = (orders.clone(), pings.clone());
     let router = Router::new(bus.clone(), &group)
-        .on::<Order, _>(&topic, move |e: DomainEvent<Order>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Order>| {
             let o = o.clone();
             async move {
                 o.push((e.version, e.data));
                 Ok::<_, HandlerError>(())
             }
         })
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let p = p.clone();
             async move {
                 p.push(e.data.seq);
@@ -179,11 +179,11 @@ pub async fn correlation_and_causation(fixture: &dyn BusFixture) {
     let (pings, pongs, group) = (unique("pings"), unique("pongs"), unique("g"));
     let out = pongs.clone();
     let responder = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&pings, move |e: DomainEvent<Ping>, ctx: Context| {
+        .on(&pings, move |ctx: Context, e: DomainEvent<Ping>| {
             let out = out.clone();
             async move {
                 ctx.publish(&out, Pong { seq: e.data.seq }).await?;
-                Ok(())
+                Ok::<_, HandlerError>(())
             }
         })
         .start()
@@ -191,7 +191,7 @@ pub async fn correlation_and_causation(fixture: &dyn BusFixture) {
         .unwrap();
     let got = Collector::<DomainEvent<Pong>>::new();
     let listener = Router::new(bus.clone(), &group)
-        .on::<Pong, _>(&pongs, recorder(&got))
+        .on(&pongs, recorder(&got))
         .start()
         .await
         .unwrap();
@@ -218,7 +218,7 @@ pub async fn dlq_replay(fixture: &dyn BusFixture) {
     let bystander_seen = Collector::<u64>::new();
     let seen = bystander_seen.clone();
     let bystander = Router::new(bus.clone(), unique("bystander"))
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let seen = seen.clone();
             async move {
                 seen.push(e.data.seq);
@@ -232,7 +232,7 @@ pub async fn dlq_replay(fixture: &dyn BusFixture) {
     let handled = Collector::<DomainEvent<Ping>>::new();
     let (flag, sink) = (broken.clone(), handled.clone());
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, move |e: DomainEvent<Ping>, _ctx: Context| {
+        .on(&topic, move |_ctx: Context, e: DomainEvent<Ping>| {
             let (flag, sink) = (flag.clone(), sink.clone());
             async move {
                 if flag.load(Ordering::SeqCst) {
