@@ -5,53 +5,34 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::mocking::MockCluster;
+use rdkafka::mocking::{MockCluster, MockCoordinator};
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
 
-enum Command {
-    Down(i32, mpsc::Sender<Result<(), String>>),
-    Up(i32, mpsc::Sender<Result<(), String>>),
-    Errors(
-        RDKafkaApiKey,
-        Vec<RDKafkaRespErr>,
-        mpsc::Sender<Result<(), String>>,
-    ),
-    ClearErrors(RDKafkaApiKey, mpsc::Sender<Result<(), String>>),
-}
+type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+/// One operation on the cluster, run on its thread; the answer goes back
+/// on the channel the closure holds.
+type Op = Box<dyn FnOnce(&Cluster) + Send>;
 
 /// An in-process Kafka cluster; stopped when dropped.
 pub struct MockKafka {
     bootstrap: String,
-    commands: Mutex<Option<mpsc::Sender<Command>>>,
+    commands: Mutex<Option<mpsc::Sender<Op>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MockKafka {
-    /// A cluster of `brokers` brokers.
+    /// A cluster of `brokers` brokers (ids 1 to `brokers`).
     pub fn start(brokers: i32) -> Self {
-        let (tx, rx) = mpsc::channel::<Command>();
+        let (tx, rx) = mpsc::channel::<Op>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
             let cluster = MockCluster::new(brokers).expect("a mock cluster");
             ready_tx.send(cluster.bootstrap_servers()).unwrap();
-            while let Ok(cmd) = rx.recv() {
-                match cmd {
-                    Command::Down(id, reply) => {
-                        let _ = reply.send(cluster.broker_down(id).map_err(|e| e.to_string()));
-                    }
-                    Command::Up(id, reply) => {
-                        let _ = reply.send(cluster.broker_up(id).map_err(|e| e.to_string()));
-                    }
-                    Command::Errors(api, errors, reply) => {
-                        cluster.request_errors(api, &errors);
-                        let _ = reply.send(Ok(()));
-                    }
-                    Command::ClearErrors(api, reply) => {
-                        cluster.clear_request_errors(api);
-                        let _ = reply.send(Ok(()));
-                    }
-                }
+            while let Ok(op) = rx.recv() {
+                op(&cluster);
             }
         });
         let bootstrap = ready_rx.recv().expect("the mock cluster's address");
@@ -67,13 +48,16 @@ impl MockKafka {
         &self.bootstrap
     }
 
-    fn send(&self, make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> Command) -> Result<(), String> {
+    /// Runs `op` on the cluster's thread and returns its answer.
+    fn run(&self, op: impl FnOnce(&Cluster) -> Result<(), String> + Send + 'static) -> Result<(), String> {
         let (reply, answer) = mpsc::channel();
         let guard = self.commands.lock().unwrap();
         guard
             .as_ref()
             .ok_or("cluster stopped")?
-            .send(make(reply))
+            .send(Box::new(move |c: &Cluster| {
+                let _ = reply.send(op(c));
+            }))
             .map_err(|e| e.to_string())?;
         drop(guard);
         answer.recv().map_err(|e| e.to_string())?
@@ -81,23 +65,48 @@ impl MockKafka {
 
     /// Takes broker `id` down (connections cut, none accepted).
     pub fn broker_down(&self, id: i32) -> Result<(), String> {
-        self.send(|r| Command::Down(id, r))
+        self.run(move |c| c.broker_down(id).map_err(|e| e.to_string()))
     }
 
     /// Brings broker `id` back.
     pub fn broker_up(&self, id: i32) -> Result<(), String> {
-        self.send(|r| Command::Up(id, r))
+        self.run(move |c| c.broker_up(id).map_err(|e| e.to_string()))
+    }
+
+    /// Makes broker `id` the leader of `partition` of `topic`; the mock
+    /// bumps the partition's leader epoch, as an election does.
+    pub fn partition_leader(&self, topic: &str, partition: i32, id: i32) -> Result<(), String> {
+        let topic = topic.to_owned();
+        self.run(move |c| {
+            c.partition_leader(&topic, partition, Some(id))
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Makes broker `id` the coordinator of consumer group `group`.
+    pub fn group_coordinator(&self, group: &str, id: i32) -> Result<(), String> {
+        let group = group.to_owned();
+        self.run(move |c| {
+            c.coordinator(MockCoordinator::Group(group), id)
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// The next `errors.len()` requests of `api` (from any client) fail with
     /// these errors, in order.
     pub fn request_errors(&self, api: RDKafkaApiKey, errors: Vec<RDKafkaRespErr>) -> Result<(), String> {
-        self.send(|r| Command::Errors(api, errors, r))
+        self.run(move |c| {
+            c.request_errors(api, &errors);
+            Ok(())
+        })
     }
 
     /// Drops the errors still queued for `api`.
     pub fn clear_request_errors(&self, api: RDKafkaApiKey) -> Result<(), String> {
-        self.send(|r| Command::ClearErrors(api, r))
+        self.run(move |c| {
+            c.clear_request_errors(api);
+            Ok(())
+        })
     }
 
     /// Takes every broker down for `outage` (a whole-cluster restart:
