@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::observe::{Outcome, Settled, SKIP_UNKNOWN_EVENT_TYPE};
-use super::running::{RouteTable, Shared};
+use super::shared::{RouteTable, Shared};
 use super::{Context, FailureKind, HandlerError};
 use crate::{Acker, DeadLetterReason, Delivery, RetryDecision, RetryPolicy, UnknownEventAction};
 
@@ -324,7 +324,7 @@ mod tests {
 
     use super::*;
     use crate::router::observe::RouterObserver;
-    use crate::router::running::Counters;
+    use crate::router::shared::Counters;
     use crate::{
         Bus, BusSettings, Capabilities, EventBus, PublishError, RawEvent, StartFrom, SubscribeError,
         SubscribeOptions, Subscription,

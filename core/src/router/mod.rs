@@ -13,6 +13,7 @@ mod observe;
 mod route;
 mod running;
 mod service;
+mod shared;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -27,8 +28,9 @@ pub use handler::{Handler, HandlerService, HandlerWithoutStateExt};
 pub use health::{RouterHealth, SubscriptionHealth, SubscriptionState};
 pub use layer::{Either, Identity, Layer, Stack};
 pub use observe::{Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};
-pub use running::{RouterStats, RunningRouter};
+pub use running::RunningRouter;
 pub use service::EventService;
+pub use shared::RouterStats;
 
 use route::{Route, TypedRoute, Upcasters};
 use thiserror::Error;
