@@ -19,6 +19,7 @@
 //! ```
 
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod codec;

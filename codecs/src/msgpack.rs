@@ -7,7 +7,7 @@ pub const MSGPACK_CONTENT_TYPE: &str = "application/msgpack";
 /// puts on JSON (128). rmp-serde's own default (1024) lets a hostile payload
 /// of nested arrays, one byte a level, overflow a 2 MiB thread stack in a
 /// debug build before the bound is reached.
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// MessagePack through rmp-serde, structs written as maps (field names kept),
 /// so that adding a field stays compatible, as it is with JSON.

@@ -21,6 +21,7 @@
 //! ```
 
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
 
 mod bus;
 mod config;

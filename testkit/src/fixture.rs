@@ -153,6 +153,7 @@ impl BusFixture for MemoryFixture {
 ///         .with(Poison::ForeignNameNotUtf8, HostileOutcome::MovedAside)
 /// );
 /// ```
+#[derive(Debug)]
 pub struct Declared<F> {
     fixture: F,
     outcomes: std::collections::HashMap<Poison, HostileOutcome>,

@@ -59,6 +59,7 @@ pub async fn dead_letters(bus: &Bus, topic: &str, group: &str) -> Subscription {
 }
 
 /// A list that tests append to from handlers and wait on.
+#[derive(Debug)]
 pub struct Collector<T> {
     items: Mutex<Vec<T>>,
     changed: Notify,

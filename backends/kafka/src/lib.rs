@@ -53,6 +53,7 @@
 //! # let _ = bus; Ok(()) }
 //! ```
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
 
 mod attempts;
 mod bus;

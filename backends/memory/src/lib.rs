@@ -20,6 +20,7 @@
 //! gone, as on RabbitMQ.
 
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
 
 mod broker;
 mod client;

@@ -52,6 +52,7 @@
 //! ```
 
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
 
 mod acker;
 mod bus;

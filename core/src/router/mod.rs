@@ -135,6 +135,22 @@ pub struct Router<S = (), L = Identity> {
     observers: Vec<Arc<dyn RouterObserver>>,
 }
 
+impl<S, L> std::fmt::Debug for Router<S, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes: Vec<(&str, Vec<&str>)> = self
+            .routes
+            .iter()
+            .map(|(topic, entries)| (topic.as_str(), entries.iter().map(|(t, _)| *t).collect()))
+            .collect();
+        f.debug_struct("Router")
+            .field("group", &self.group)
+            .field("routes", &routes)
+            .field("settings", &self.settings)
+            .field("problems", &self.problems)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Settings of one handler, overriding the router's for it alone
 /// ([`Router::on_with`]).
 ///
