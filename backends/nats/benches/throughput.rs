@@ -4,6 +4,17 @@
 //! 1. acked publishes, a batch of 1,000 in flight at a time;
 //! 2. pull, decode (serde_json into the same struct), ack.
 //!
+//! The raw side writes three header sets, so the cost of the wire format
+//! shows apart from busline's own: `raw` only `Nats-Msg-Id` and
+//! `content-type`; `raw+ce` exactly the headers busline writes for the
+//! bench's events (set by hand); `raw+ce10` the ten headers busline wrote
+//! before 2026-12-02 (also `ce-dataversion`, `ce-correlationid` and
+//! `content-type`).
+//!
+//! Each side runs `BENCH_ROUNDS` (3) times on fresh streams, taking turns
+//! to go first; the best round of each is compared and every round is
+//! printed (the server shares the machine, so single rounds are noisy).
+//!
 //! `cargo bench -p busline-nats --bench throughput`; the server is
 //! `BUSLINE_TEST_NATS_URL` or 127.0.0.1:4222, N is `BENCH_N` (20,000).
 
@@ -38,28 +49,59 @@ fn order(seq: u64) -> OrderPlaced {
     }
 }
 
-/// `cloudevents`: the same headers busline writes, set by hand, so the
-/// comparison can tell the cost of the wire format from busline's own.
-async fn raw_publish(js: &jetstream::Context, subject: &str, n: u64, cloudevents: bool) -> Duration {
+/// The header sets the raw side writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Set {
+    /// `Nats-Msg-Id` and `content-type` only.
+    Plain,
+    /// Exactly what busline writes for these events (no key, no causation
+    /// id, no extension, version 1, correlation id = id).
+    Busline,
+    /// The ten headers busline wrote before 2026-12-02.
+    Ten,
+}
+
+const SETS: [Set; 3] = [Set::Plain, Set::Busline, Set::Ten];
+
+impl Set {
+    fn label(self) -> &'static str {
+        match self {
+            Set::Plain => "raw",
+            Set::Busline => "raw+ce",
+            Set::Ten => "raw+ce10",
+        }
+    }
+}
+
+fn headers(set: Set, id: String) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if set != Set::Plain {
+        let time = busline_core::wire::format_time(&chrono::Utc::now());
+        headers.insert("ce-specversion", "1.0");
+        headers.insert("ce-id", id.as_str());
+        headers.insert("ce-type", OrderPlaced::TYPE);
+        headers.insert("ce-source", "bench");
+        headers.insert("ce-time", time);
+        headers.insert("ce-datacontenttype", "application/json");
+    }
+    if set == Set::Ten {
+        headers.insert("ce-dataversion", "1");
+        headers.insert("ce-correlationid", id.as_str());
+    }
+    if set != Set::Busline {
+        headers.insert("content-type", "application/json");
+    }
+    headers.insert("Nats-Msg-Id", id);
+    headers
+}
+
+async fn raw_publish(js: &jetstream::Context, subject: &str, n: u64, set: Set) -> Duration {
     let start = Instant::now();
     let mut seq = 0;
     while seq < n {
         let mut acks = Vec::with_capacity(CHUNK);
         for s in seq..(seq + CHUNK as u64).min(n) {
-            let mut headers = HeaderMap::new();
-            let id = busline_core::new_event_id();
-            if cloudevents {
-                let time = busline_core::wire::format_time(&chrono::Utc::now());
-                headers.insert("ce-specversion", "1.0");
-                headers.insert("ce-id", id.as_str());
-                headers.insert("ce-type", OrderPlaced::TYPE);
-                headers.insert("ce-source", "bench");
-                headers.insert("ce-time", time);
-                headers.insert("ce-dataversion", "1");
-                headers.insert("ce-correlationid", id.as_str());
-            }
-            headers.insert("Nats-Msg-Id", id);
-            headers.insert("content-type", "application/json");
+            let headers = headers(set, busline_core::new_event_id());
             let body = serde_json::to_vec(&order(s)).unwrap();
             acks.push(
                 js.publish_with_headers(subject.to_owned(), headers, body.into())
@@ -89,7 +131,6 @@ async fn busline_publish(bus: &Bus, topic: &str, n: u64) -> Duration {
 }
 
 async fn raw_consume(js: &jetstream::Context, stream_name: &str, n: u64) -> Duration {
-    // Both raw streams hold the same events; a consumer per stream.
     let stream = js.get_stream(stream_name).await.unwrap();
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
@@ -141,20 +182,64 @@ fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-fn report(what: &str, n: u64, raw: Duration, busline: Duration) {
-    let (r, b) = (rate(n, raw), rate(n, busline));
+fn best(n: u64, rounds: &[Duration]) -> f64 {
+    rounds.iter().map(|d| rate(n, *d)).fold(0.0, f64::max)
+}
+
+fn report(what: &str, n: u64, raw: &[Duration], busline: &[Duration]) {
+    let (r, b) = (best(n, raw), best(n, busline));
+    let each = |ds: &[Duration]| {
+        ds.iter()
+            .map(|d| format!("{:.0}", rate(n, *d)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     println!(
-        "{what:<26} raw {r:>10.0} ev/s   busline {b:>10.0} ev/s   ratio busline/raw {:.3}",
-        b / r
+        "{what:<28} raw {r:>9.0} ev/s   busline {b:>9.0} ev/s   ratio busline/raw {:.3}   (rounds: raw {} | busline {})",
+        b / r,
+        each(raw),
+        each(busline)
     );
+}
+
+#[derive(Default)]
+struct Times {
+    raw: [Vec<Duration>; 3],
+    busline: Vec<Duration>,
+}
+
+impl Times {
+    fn report(&self, what: &str, n: u64) {
+        for (i, set) in SETS.iter().enumerate() {
+            report(
+                &format!("{what} vs {}", set.label()),
+                n,
+                &self.raw[i],
+                &self.busline,
+            );
+        }
+        // The wire format's own cost: raw against raw.
+        let plain = best(n, &self.raw[0]);
+        for (i, set) in SETS.iter().enumerate().skip(1) {
+            println!(
+                "{what:<28} {} / raw: {:.3}",
+                set.label(),
+                best(n, &self.raw[i]) / plain
+            );
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    let n: u64 = std::env::var("BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = env("BENCH_N", 20_000);
+    let rounds = env("BENCH_ROUNDS", 3) as usize;
     let url = std::env::var("BUSLINE_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let nats = NatsConfig {
@@ -170,43 +255,73 @@ async fn main() {
     let js = jetstream::new(client);
 
     // Same stream settings for all; the raw side uses the topic naming too.
-    let bus_topic = format!("bench-busline-{id}");
-    let mut raw_streams = Vec::new();
-    for kind in ["plain", "ce"] {
-        let names = TopicNames::of(&format!("bench-raw-{kind}-{id}")).unwrap();
-        js.create_stream(stream::Config {
-            name: names.stream.clone(),
-            subjects: vec![names.wildcard()],
-            max_age: Duration::from_secs(3600),
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let mut raw_streams: Vec<[TopicNames; 3]> = Vec::new();
+    let mut bus_topics = Vec::new();
+    for r in 0..rounds {
+        let names = SETS
+            .map(|set| TopicNames::of(&format!("bench-{}-{id}-{r}", set.label().replace('+', "-"))).unwrap());
+        for n in &names {
+            js.create_stream(stream::Config {
+                name: n.stream.clone(),
+                subjects: vec![n.wildcard()],
+                max_age: Duration::from_secs(3600),
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
         raw_streams.push(names);
+        let topic = format!("bench-busline-{id}-{r}");
+        bus.provision(&topic, "warmup").await.unwrap();
+        bus_topics.push(topic);
     }
-    bus.provision(&bus_topic, "warmup").await.unwrap();
 
     println!(
-        "busline-nats throughput, N = {n}, publish chunks of {CHUNK}, {IN_FLIGHT} in flight when consuming"
+        "busline-nats throughput, N = {n} per round, {rounds} rounds (best shown), publish chunks of {CHUNK}, {IN_FLIGHT} in flight when consuming"
     );
     println!(
-        "raw = async-nats with Nats-Msg-Id and content-type; raw+ce = also the ce- headers busline writes"
+        "raw = async-nats with Nats-Msg-Id and content-type; raw+ce = exactly the headers busline writes; raw+ce10 = the ten busline wrote before 2026-12-02"
     );
-    let subject = |i: usize| raw_streams[i].subject(OrderPlaced::TYPE);
-    let raw_pub = raw_publish(&js, &subject(0), n, false).await;
-    let ce_pub = raw_publish(&js, &subject(1), n, true).await;
-    let bus_pub = busline_publish(&bus, &bus_topic, n).await;
-    report("publish (acked) vs raw", n, raw_pub, bus_pub);
-    report("publish (acked) vs raw+ce", n, ce_pub, bus_pub);
-    let raw_con = raw_consume(&js, &raw_streams[0].stream, n).await;
-    let ce_con = raw_consume(&js, &raw_streams[1].stream, n).await;
-    let bus_con = busline_consume(&bus, &bus_topic, n).await;
-    report("consume vs raw", n, raw_con, bus_con);
-    report("consume vs raw+ce", n, ce_con, bus_con);
+    let mut publish = Times::default();
+    for r in 0..rounds {
+        // Who goes first alternates, so warm-up favours no one.
+        if r % 2 == 1 {
+            publish
+                .busline
+                .push(busline_publish(&bus, &bus_topics[r], n).await);
+        }
+        for (i, set) in SETS.iter().enumerate() {
+            let subject = raw_streams[r][i].subject(OrderPlaced::TYPE);
+            publish.raw[i].push(raw_publish(&js, &subject, n, *set).await);
+        }
+        if r % 2 == 0 {
+            publish
+                .busline
+                .push(busline_publish(&bus, &bus_topics[r], n).await);
+        }
+    }
+    publish.report("publish (acked)", n);
+    let mut consume = Times::default();
+    for r in 0..rounds {
+        if r % 2 == 1 {
+            consume
+                .busline
+                .push(busline_consume(&bus, &bus_topics[r], n).await);
+        }
+        for (times, names) in consume.raw.iter_mut().zip(&raw_streams[r]) {
+            times.push(raw_consume(&js, &names.stream, n).await);
+        }
+        if r % 2 == 0 {
+            consume
+                .busline
+                .push(busline_consume(&bus, &bus_topics[r], n).await);
+        }
+    }
+    consume.report("consume", n);
 
     let mut streams = transport.declared_streams();
-    streams.extend(raw_streams.iter().map(|s| s.stream.clone()));
+    streams.extend(raw_streams.iter().flatten().map(|s| s.stream.clone()));
     bus.shutdown().await;
     for s in streams {
         let _ = js.delete_stream(&s).await;
