@@ -2,11 +2,13 @@
 //! ([`HeaderDialect::NATS`]: `ce-` prefix, percent-encoded values), plus the
 //! JetStream headers busline sets itself, and what the CloudEvents NATS
 //! binding (1.0.3 draft) asks beyond the core's mapping: the content type
-//! also as `ce-datacontenttype`, and values in double quotes unescaped
-//! (RFC 7230 § 3.2.6) before they are percent-decoded.
+//! as `ce-datacontenttype` (in binary mode not as `content-type`), and
+//! values in double quotes unescaped (RFC 7230 § 3.2.6) before they are
+//! percent-decoded.
 
+use async_nats::header::{HeaderName, IntoHeaderName, NATS_MESSAGE_ID};
 use async_nats::HeaderMap;
-use busline_core::wire::{self, HeaderDialect, NativeAttributes};
+use busline_core::wire::{self, attr, HeaderDialect, NativeAttributes};
 use busline_core::{DeadLetter, EnvelopeError, RawEvent, REPLAY_COUNT};
 use bytes::Bytes;
 use std::borrow::Cow;
@@ -15,19 +17,76 @@ use std::borrow::Cow;
 pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 /// The content type as the binding's `ce-` attribute header.
 pub(crate) const DATACONTENTTYPE: &str = "ce-datacontenttype";
+/// The header a structured-mode message carries its content type in.
+const CONTENT_TYPE: &str = "content-type";
 
 /// The headers of `event`, its `Nats-Msg-Id` included.
+///
+/// In binary mode the binding maps every attribute to a `ce-` header,
+/// `datacontenttype` to `ce-datacontenttype`, and no `Content-Type`
+/// header (that one marks structured mode): the content type travels once.
+/// The `dataversion` and `correlationid` extensions are left out where they
+/// hold what a reader assumes without them (version 1; the event's own id,
+/// which starts a chain), as the core's mapping reads an event from a
+/// producer that does not know them. Every header is a cost on both sides
+/// of the server (async-nats allocates its name, value and value list into
+/// a hash map per header, per message): busline wrote ten before
+/// 2026-12-02, and still reads that form.
 pub(crate) fn encode(event: &RawEvent) -> Result<HeaderMap, EnvelopeError> {
     let mut map = HeaderMap::new();
-    wire::for_each_header(event, &HeaderDialect::NATS, |name, value| map.insert(name, value))?;
-    // The binding maps every attribute to a `ce-` header, datacontenttype
-    // included; `content-type` stays for clients that read only that.
-    map.insert(
-        DATACONTENTTYPE,
-        HeaderDialect::NATS.encode_value(&event.data.content_type),
-    );
-    map.insert(MSG_ID, msg_id(event));
+    let binary = !wire::is_structured(&event.data.content_type);
+    let nats = HeaderDialect::NATS;
+    wire::for_each_header(event, &nats, |name, value| {
+        if binary && name == CONTENT_TYPE {
+            map.insert(CE_DATACONTENTTYPE, nats.encode_value(value));
+            return;
+        }
+        if binary && is_default(event, name) {
+            return;
+        }
+        map.insert(static_name(name), value);
+    })?;
+    if !binary {
+        // Structured mode, as before: the attributes are in the body.
+        map.insert(CE_DATACONTENTTYPE, nats.encode_value(&event.data.content_type));
+    }
+    map.insert(NATS_MESSAGE_ID, msg_id(event));
     Ok(map)
+}
+
+/// Whether header `name` of `event` holds what a reader assumes when it is
+/// absent (`busline_core::wire` reads a missing `dataversion` as 1 and a
+/// missing `correlationid` as the event's id).
+fn is_default(event: &RawEvent, name: &str) -> bool {
+    match name.strip_prefix(ATTRIBUTE_PREFIX) {
+        Some(attr::DATAVERSION) => event.version == 1,
+        Some(attr::CORRELATIONID) => event.correlation_id == event.id,
+        _ => false,
+    }
+}
+
+const CE_DATACONTENTTYPE: HeaderName = HeaderName::from_static(DATACONTENTTYPE);
+
+/// The name of a header, without an allocation for the ones every event
+/// has.
+fn static_name(name: &str) -> HeaderName {
+    const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+    const ID: HeaderName = HeaderName::from_static("ce-id");
+    const TYPE: HeaderName = HeaderName::from_static("ce-type");
+    const SOURCE: HeaderName = HeaderName::from_static("ce-source");
+    const TIME: HeaderName = HeaderName::from_static("ce-time");
+    const DATAVERSION: HeaderName = HeaderName::from_static("ce-dataversion");
+    const CORRELATIONID: HeaderName = HeaderName::from_static("ce-correlationid");
+    match name {
+        "ce-specversion" => SPECVERSION,
+        "ce-id" => ID,
+        "ce-type" => TYPE,
+        "ce-source" => SOURCE,
+        "ce-time" => TIME,
+        "ce-dataversion" => DATAVERSION,
+        "ce-correlationid" => CORRELATIONID,
+        _ => name.into_header_name(),
+    }
 }
 
 /// The de-duplication id of `event`: its id, so that a retried publish is
@@ -199,24 +258,78 @@ mod tests {
         let e = event();
         let h = encode(&e).unwrap();
         assert_eq!(h.get("ce-partitionkey").unwrap().as_str(), "k%201");
-        assert_eq!(h.get(MSG_ID).unwrap().as_str(), e.id);
+        assert_eq!(h.get(NATS_MESSAGE_ID).unwrap().as_str(), e.id);
         let back = decode(Some(&h), e.data.bytes.clone()).unwrap();
         assert_eq!(back, e);
     }
 
+    /// Every header's name, as the wire carries it.
+    fn names(h: &HeaderMap) -> std::collections::BTreeSet<String> {
+        h.iter().map(|(n, _)| n.to_string()).collect()
+    }
+
     #[test]
-    fn the_content_type_is_also_an_attribute_header() {
+    fn the_content_type_travels_once_as_an_attribute_header() {
         let mut e = event();
         e.data.content_type = "application/json; charset=utf-8".into();
         let h = encode(&e).unwrap();
-        assert_eq!(
-            h.get("content-type").unwrap().as_str(),
-            "application/json; charset=utf-8"
-        );
+        assert!(h.get(CONTENT_TYPE).is_none(), "binary mode: no content-type");
         assert_eq!(
             h.get(DATACONTENTTYPE).unwrap().as_str(),
             "application/json;%20charset=utf-8"
         );
+        assert_eq!(decode(Some(&h), e.data.bytes.clone()).unwrap(), e);
+    }
+
+    #[test]
+    fn a_fresh_event_carries_seven_headers() {
+        let mut e = event();
+        (e.version, e.causation_id, e.key) = (1, None, None);
+        e.correlation_id.clone_from(&e.id);
+        e.extensions.clear();
+        let h = encode(&e).unwrap();
+        let want = [
+            "ce-specversion",
+            "ce-id",
+            "ce-type",
+            "ce-source",
+            "ce-time",
+            "ce-datacontenttype",
+            "Nats-Msg-Id",
+        ];
+        assert_eq!(names(&h), want.iter().map(|n| n.to_string()).collect());
+        assert_eq!(decode(Some(&h), e.data.bytes.clone()).unwrap(), e);
+        // Values other than the defaults are written.
+        let e = event();
+        let h = encode(&e).unwrap();
+        assert_eq!(h.get("ce-dataversion").unwrap().as_str(), "2");
+        assert_eq!(h.get("ce-correlationid").unwrap().as_str(), "req-1");
+    }
+
+    /// Streams hold messages busline wrote before 2026-12-02: ten headers,
+    /// the defaults and `content-type` among them.
+    #[test]
+    fn the_ten_header_form_still_reads() {
+        let mut e = event();
+        (e.version, e.causation_id, e.key) = (1, None, None);
+        e.correlation_id.clone_from(&e.id);
+        e.extensions.clear();
+        let mut h = HeaderMap::new();
+        let time = wire::format_time(&e.time);
+        for (name, value) in [
+            ("ce-specversion", "1.0"),
+            ("ce-id", e.id.as_str()),
+            ("ce-type", "test.ping"),
+            ("ce-source", "svc"),
+            ("ce-time", time.as_str()),
+            ("ce-dataversion", "1"),
+            ("ce-correlationid", e.id.as_str()),
+            ("content-type", "application/json"),
+            ("ce-datacontenttype", "application/json"),
+            ("Nats-Msg-Id", e.id.as_str()),
+        ] {
+            h.insert(name, value);
+        }
         assert_eq!(decode(Some(&h), e.data.bytes.clone()).unwrap(), e);
     }
 

@@ -9,7 +9,9 @@
 //!   on `<topic>.<group>.dlq`, so dead letters are kept before anyone reads
 //!   them.
 //! - The envelope travels as CloudEvents `ce-` headers with percent-encoded
-//!   values, plus `content-type` and `Nats-Msg-Id` = event id, so JetStream
+//!   values (the content type as `ce-datacontenttype`; `dataversion` 1 and a
+//!   correlation id equal to the event id, what a reader assumes without
+//!   them, are left out), plus `Nats-Msg-Id` = event id, so JetStream
 //!   drops a retried publish within its duplicate window.
 //! - Publishing waits for the JetStream publish ack; a batch has every
 //!   publish in flight at once.
