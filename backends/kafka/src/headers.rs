@@ -3,7 +3,7 @@
 //! headers a dead letter gains.
 
 use busline_core::dead_letter::attr as dl;
-use busline_core::wire::{decode_headers, encode_headers, HeaderDialect, NativeAttributes};
+use busline_core::wire::{decode_headers, for_each_header, HeaderDialect, NativeAttributes};
 use busline_core::{DeadLetter, EnvelopeError, RawEvent};
 use bytes::Bytes;
 use std::ffi::{c_char, c_void, CStr};
@@ -28,15 +28,16 @@ const WRITE_DIALECT: HeaderDialect = HeaderDialect {
 };
 
 /// Record headers of `event`.
+///
+/// Written straight into librdkafka's list (which copies each name and
+/// value once): no list of owned pairs in between, which cost two
+/// allocations per header on every publish.
 pub(crate) fn encode(event: &RawEvent) -> Result<OwnedHeaders, EnvelopeError> {
-    let pairs = encode_headers(event, &WRITE_DIALECT)?;
-    let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
-    for (name, value) in &pairs {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value.as_bytes()),
-        });
-    }
+    // The attributes, the optional causation id and key, the content type.
+    let headers = OwnedHeaders::new_with_capacity(10 + event.extensions.len());
+    for_each_header(event, &WRITE_DIALECT, |name, value| {
+        add_raw(&headers, name.as_bytes(), Some(value.as_bytes()));
+    })?;
     Ok(headers)
 }
 
