@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use busline::{
     Attempt, Context, DeadLetterReason, DomainEvent, FromContext, FromRef, HandlerError, Router, State, Topic,
 };
-use busline_testkit::events::Ping;
-use busline_testkit::support::{unique, Collector, WAIT};
+use busline_testkit::events::{Order, OrderV1, Ping, Pong};
+use busline_testkit::support::{eventually, unique, Collector, WAIT};
 use busline_testkit::TestHarness;
 
 /// A stand-in for a connection pool: what a handler's state usually holds.
@@ -174,4 +174,43 @@ async fn an_extractor_that_refuses_dead_letters_without_running_the_handler() {
     // The refused event was published first and is dead-lettered already.
     assert_eq!(ran.snapshot().len(), 1, "the refused event reached the handler");
     router.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_harness_reports_upcast_events_under_the_handled_type_and_skips_as_unhandled() {
+    let h = TestHarness::new();
+    let topic = unique("orders");
+    let router = Router::new(h.bus(), "billing")
+        .on(&topic, |_e: DomainEvent<Order>| async {})
+        .upcast(|v1: OrderV1| Order::from(v1))
+        .start()
+        .await
+        .unwrap();
+    h.bus()
+        .publish(
+            &topic,
+            OrderV1 {
+                id: "o-1".into(),
+                total: 12,
+            },
+        )
+        .await
+        .unwrap();
+    // No handler for pongs in this group: acknowledged as a skip.
+    h.bus().publish(&topic, Pong { seq: 1 }).await.unwrap();
+    let handled = h.wait_for_handled::<Order>(WAIT).await;
+    assert_eq!(handled.data.order_id, "o-1");
+    assert_eq!(handled.data.total_cents, 1200);
+    assert_eq!(handled.version, 2);
+    eventually(WAIT, "the pong skipped", || router.stats().skipped == 1).await;
+    let stats = router.shutdown().await.unwrap();
+    assert_eq!((stats.handled, stats.skipped), (1, 1));
+    assert!(
+        h.handled::<OrderV1>().is_empty(),
+        "the v1 event was handled as an Order"
+    );
+    assert!(
+        h.handled::<Pong>().is_empty(),
+        "a skipped pong counted as handled"
+    );
 }

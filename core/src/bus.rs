@@ -6,7 +6,7 @@ use busline_codecs::CodecRegistry;
 
 use crate::{
     BusConfig, Capabilities, ConfigError, ConsumerConfig, ContentMode, DeadLetterPolicy, DomainEvent, Event,
-    EventBus, Payload, PublishError, PublishErrorKind, RawEvent, RetryPolicy, SubscribeError,
+    EventBus, Payload, PublishError, PublishErrorKind, RawEvent, RetryPolicy, RouterObserver, SubscribeError,
     SubscribeOptions, Subscription,
 };
 
@@ -103,6 +103,8 @@ pub struct Bus {
     /// Set by [`Bus::shutdown`], so a router can tell a subscription that
     /// ended because the application closed the bus from one that died.
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// Observers of every router built on this bus.
+    observers: Arc<[Arc<dyn RouterObserver>]>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -126,7 +128,35 @@ impl Bus {
             transport,
             settings: Arc::new(settings),
             closed: Arc::default(),
+            observers: Arc::new([]),
         }
+    }
+
+    /// The same bus over `transport`, a decorator of this bus's backend
+    /// (tracing, metrics, publish guards): settings, observers and the
+    /// shutdown flag are kept.
+    pub fn with_transport(&self, transport: Arc<dyn EventBus>) -> Self {
+        Self {
+            transport,
+            settings: self.settings.clone(),
+            closed: self.closed.clone(),
+            observers: self.observers.clone(),
+        }
+    }
+
+    /// This bus, with `observer` told about the decisions of every router
+    /// built on it afterwards (before the routers' own observers). The
+    /// test harness records what handlers handled this way.
+    pub fn observed_by(mut self, observer: impl RouterObserver) -> Self {
+        let mut observers = self.observers.to_vec();
+        observers.push(Arc::new(observer));
+        self.observers = observers.into();
+        self
+    }
+
+    /// The observers of every router built on this bus.
+    pub(crate) fn observers(&self) -> &[Arc<dyn RouterObserver>] {
+        &self.observers
     }
 
     /// The backend.

@@ -29,6 +29,7 @@ pub mod dead_letter;
 mod delivery;
 mod error;
 mod event;
+mod observe;
 mod replay;
 mod retry;
 mod router;
@@ -51,6 +52,7 @@ pub use error::{
     SettleError, SettleErrorKind, SubscribeError, SubscribeErrorKind,
 };
 pub use event::{new_event_id, DomainEvent, Event, Payload, RawEvent};
+pub use observe::{Handled, Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 pub use replay::{
     Repair, ReplayError, ReplayOptions, ReplayReport, REPLAY_COUNT, REPLAY_GROUP,
     SKIP_REPLAYED_FOR_OTHER_GROUP,
@@ -59,9 +61,8 @@ pub use retry::{RetryDecision, RetryPolicy};
 pub use router::{
     Attempt, Context, Either, EventService, FailureKind, FromContext, FromEvent, FromRef, Gate, GateState,
     Handler, HandlerError, HandlerOptions, HandlerService, HandlerWithoutStateExt, Identity,
-    IntoHandlerResult, Layer, Outcome, Router, RouterError, RouterHealth, RouterObserver, RouterStats,
-    RunningRouter, Settled, Stack, State, SubscriptionHealth, SubscriptionState, Topic,
-    SKIP_UNKNOWN_EVENT_TYPE,
+    IntoHandlerResult, Layer, Router, RouterError, RouterHealth, RouterStats, RunningRouter, Stack, State,
+    SubscriptionHealth, SubscriptionState, Topic,
 };
 pub use transport::{Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
 

@@ -298,10 +298,7 @@ impl MetricsBus {
 
     /// The same bus, with publishes counted.
     pub fn wrap(bus: &busline_core::Bus) -> busline_core::Bus {
-        busline_core::Bus::from_arc(
-            Arc::new(Self::new(bus.transport().clone())),
-            bus.settings().clone(),
-        )
+        bus.with_transport(Arc::new(Self::new(bus.transport().clone())))
     }
 
     fn handles(&self, topic: &str) -> Arc<PublishMetrics> {

@@ -176,10 +176,7 @@ impl GuardedBus {
 
     /// The same bus, publishing under `policy`.
     pub fn wrap(bus: &Bus, policy: PublishPolicy) -> Bus {
-        Bus::from_arc(
-            Arc::new(Self::new(bus.transport().clone(), policy)),
-            bus.settings().clone(),
-        )
+        bus.with_transport(Arc::new(Self::new(bus.transport().clone(), policy)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {

@@ -326,10 +326,7 @@ impl TracingBus {
 
     /// The same bus, with publishes traced.
     pub fn wrap(bus: &busline_core::Bus) -> busline_core::Bus {
-        busline_core::Bus::from_arc(
-            Arc::new(Self::new(bus.transport().clone())),
-            bus.settings().clone(),
-        )
+        bus.with_transport(Arc::new(Self::new(bus.transport().clone())))
     }
 
     fn prepare(&self, topic: &str, event: &mut RawEvent) -> Span {

@@ -1,13 +1,14 @@
 //! [`TestHarness`]: a memory bus that records what was published, handled
 //! and dead-lettered, for users' unit tests.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use busline_core::{
     async_trait, Acker, Acknowledge, Bus, BusSettings, Capabilities, DeadLetter, Delivery, DomainEvent,
-    EnvelopeError, Event, EventBus, PublishError, RawEvent, SettleError, SubscribeError, SubscribeOptions,
-    Subscription,
+    EnvelopeError, Event, EventBus, Handled, PublishError, RawEvent, RouterObserver, SettleError, Settled,
+    SubscribeError, SubscribeOptions, Subscription,
 };
 use busline_memory::MemoryBroker;
 use futures::StreamExt;
@@ -29,6 +30,9 @@ struct Records {
     published: Vec<(String, RawEvent)>,
     handled: Vec<(String, RawEvent)>,
     dead_lettered: Vec<DeadLettered>,
+    /// Events a handler returned `Ok` for, as it saw them, by (group, id),
+    /// until their acknowledgement moves them to `handled`.
+    handler_ok: HashMap<(String, String), RawEvent>,
 }
 
 #[derive(Default)]
@@ -64,8 +68,9 @@ impl Recording {
 }
 
 /// A memory bus for unit tests that records every event published, every
-/// delivery acknowledged after handling (dead letters acked by a DLQ reader
-/// do not count), and every dead letter.
+/// event a router's handler handled (as the handler saw it, upcast events
+/// at the handled version; skips and dead letters acked by a DLQ reader do
+/// not count), and every dead letter.
 ///
 /// ```
 /// use std::time::Duration;
@@ -129,8 +134,11 @@ impl TestHarness {
             inner: Arc::new(MemoryBroker::new().connect()),
             recording: recording.clone(),
         };
+        let witness = HandledWitness {
+            recording: recording.clone(),
+        };
         Self {
-            bus: Bus::new(transport, settings),
+            bus: Bus::new(transport, settings).observed_by(witness),
             recording,
         }
     }
@@ -151,7 +159,10 @@ impl TestHarness {
         self.recording.read(|r| r.published.clone())
     }
 
-    /// Every event of type `E` handled (acknowledged) so far.
+    /// Every event of type `E` (at `E::VERSION`) that a router's handler for
+    /// `E` handled and the router then acknowledged: an older version
+    /// upcast to `E` counts as an `E`; a skipped event (no handler for its
+    /// type, a deliberate skip) does not count.
     pub fn handled<E: Event>(&self) -> Vec<DomainEvent<E>> {
         let raws = self.recording.read(|r| of_type::<E>(&r.handled));
         raws.into_iter().map(|raw| self.decode(raw)).collect()
@@ -204,6 +215,27 @@ fn of_type<E: Event>(records: &[(String, RawEvent)]) -> Vec<RawEvent> {
         .filter(|(_, e)| e.event_type == E::TYPE && e.version == E::VERSION)
         .map(|(_, e)| e.clone())
         .collect()
+}
+
+/// Told by every router on the harness's bus which events its handlers
+/// handled, as they saw them (upcast events at the handled version).
+struct HandledWitness {
+    recording: Arc<Recording>,
+}
+
+impl RouterObserver for HandledWitness {
+    fn on_settled(&self, _settled: &Settled<'_>) {}
+
+    fn wants_handled_events(&self) -> bool {
+        true
+    }
+
+    fn on_handled(&self, handled: &Handled<'_>) {
+        let key = (handled.group.to_owned(), handled.event.id.clone());
+        self.recording.update(|r| {
+            r.handler_ok.insert(key, handled.event.clone());
+        });
+    }
 }
 
 /// An `EventBus` decorator that records traffic.
@@ -279,18 +311,17 @@ impl Acknowledge for RecordingAcker {
     async fn ack(self: Box<Self>) -> Result<(), SettleError> {
         let this = *self;
         let topic = this.acker.topic().to_owned();
+        let group = this.acker.group().to_owned();
         this.acker.ack().await?;
-        // A dead letter acked by whoever reads the DLQ (replay, say) was not
-        // handled; only events outside the DLQ count.
-        match this.event {
-            Ok(event)
-                if !event
-                    .extensions
-                    .contains_key(busline_core::dead_letter::attr::REASON) =>
-            {
-                this.recording.update(|r| r.handled.push((topic, event)));
-            }
-            _ => {}
+        // Handled means a handler returned `Ok` and the delivery was then
+        // acknowledged; a skip (unknown type, duplicate) is acknowledged with
+        // no handler call, and so is a dead letter read by a DLQ reader.
+        if let Ok(event) = this.event {
+            this.recording.update(|r| {
+                if let Some(as_handled) = r.handler_ok.remove(&(group, event.id)) {
+                    r.handled.push((topic, as_handled));
+                }
+            });
         }
         Ok(())
     }

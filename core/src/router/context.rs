@@ -70,6 +70,10 @@ impl Context {
         self.topic.clone()
     }
 
+    pub(crate) fn group_arc(&self) -> Arc<str> {
+        self.group.clone()
+    }
+
     /// The group handling it.
     pub fn group(&self) -> &str {
         &self.group

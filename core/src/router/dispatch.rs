@@ -17,9 +17,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::observe::{Outcome, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 use super::shared::{RouteTable, Shared};
 use super::{Context, FailureKind, HandlerError};
+use crate::observe::{Outcome, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 use crate::{Acker, DeadLetterReason, Delivery, RetryDecision, RetryPolicy, UnknownEventAction};
 
 /// How a delivery is settled.
@@ -95,8 +95,9 @@ pub(crate) fn begin(delivery: Delivery, topic: &Arc<str>, routes: &RouteTable, s
     // Decoding and upcasting run user code (serde impls, upcasters, a
     // closure's synchronous part); a panic there is data-dependent, so the
     // event is poison, not a reason to retry or to lose the consumer.
-    let prepared =
-        std::panic::catch_unwind(AssertUnwindSafe(|| route.prepare(raw, shared.bus.codecs(), ctx)));
+    let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        route.prepare(raw, shared.bus.codecs(), ctx, &shared.witnesses)
+    }));
     match prepared {
         Ok(Err((reason, error))) => Start::Settle(acker, Decision::DeadLetter { reason, error }),
         Ok(Ok(call)) => Start::Run(acker, call, route.retry().cloned()),
@@ -323,8 +324,8 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
-    use crate::router::observe::RouterObserver;
     use crate::router::shared::Counters;
+    use crate::RouterObserver;
     use crate::{
         Bus, BusSettings, Capabilities, EventBus, PublishError, RawEvent, StartFrom, SubscribeError,
         SubscribeOptions, Subscription,
@@ -378,6 +379,7 @@ mod tests {
             },
             counters: Counters::default(),
             observers: Box::new([]),
+            witnesses: Arc::new([]),
             abandon: watch::channel(false).1,
         }
     }

@@ -9,7 +9,6 @@ mod gate;
 mod handler;
 mod health;
 mod layer;
-mod observe;
 mod route;
 mod running;
 mod service;
@@ -27,7 +26,6 @@ pub use gate::{Gate, GateState};
 pub use handler::{Handler, HandlerService, HandlerWithoutStateExt};
 pub use health::{RouterHealth, SubscriptionHealth, SubscriptionState};
 pub use layer::{Either, Identity, Layer, Stack};
-pub use observe::{Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 pub use running::RunningRouter;
 pub use service::EventService;
 pub use shared::RouterStats;
@@ -35,7 +33,9 @@ pub use shared::RouterStats;
 use route::{Route, TypedRoute, Upcasters};
 use thiserror::Error;
 
-use crate::{Bus, ConsumeError, DeadLetterPolicy, Event, RetryPolicy, StartFrom, SubscribeError};
+use crate::{
+    Bus, ConsumeError, DeadLetterPolicy, Event, RetryPolicy, RouterObserver, StartFrom, SubscribeError,
+};
 
 /// Why a router could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -202,6 +202,7 @@ impl Router {
             shutdown_deadline: s.consumer.shutdown_deadline,
             start_from: StartFrom::New,
         };
+        let observers = bus.observers().to_vec();
         Self {
             bus,
             group: group.into(),
@@ -211,7 +212,7 @@ impl Router {
             problems: Vec::new(),
             settings,
             layer: Identity,
-            observers: Vec::new(),
+            observers,
         }
     }
 }

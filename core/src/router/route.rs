@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::{Context, EventService, Gate, HandlerError};
-use crate::{DeadLetterReason, Event, RawEvent, RetryPolicy};
+use crate::{DeadLetterReason, Event, Handled, Payload, RawEvent, RetryPolicy, RouterObserver};
 
 /// Why an event was refused before its handler ran: dead-letter it now.
 pub(crate) type Refusal = (DeadLetterReason, String);
@@ -22,6 +22,7 @@ pub(crate) trait Route: Send + Sync + 'static {
         raw: RawEvent,
         codecs: &CodecRegistry,
         ctx: Context,
+        witnesses: &Arc<[Arc<dyn RouterObserver>]>,
     ) -> Result<BoxFuture<'static, Result<(), HandlerError>>, Refusal>;
 
     /// The route's own retry policy, where it overrides the router's.
@@ -85,7 +86,10 @@ impl<E: Event, H: EventService<E>> Route for TypedRoute<E, H> {
         raw: RawEvent,
         codecs: &CodecRegistry,
         ctx: Context,
+        witnesses: &Arc<[Arc<dyn RouterObserver>]>,
     ) -> Result<BoxFuture<'static, Result<(), HandlerError>>, Refusal> {
+        // A copy only where an observer asked for handled events (tests).
+        let mut seen = (!witnesses.is_empty()).then(|| raw.clone());
         let data: E = if raw.version == E::VERSION {
             codecs
                 .decode(&raw.data.content_type, &raw.data.bytes)
@@ -108,9 +112,37 @@ impl<E: Event, H: EventService<E>> Route for TypedRoute<E, H> {
                 ),
             ));
         };
+        let Some(mut seen) = seen.take() else {
+            let mut event = raw.map_data(|_| data);
+            event.version = E::VERSION;
+            return Ok(self.handler.call(event, ctx).boxed());
+        };
+        if seen.version != E::VERSION {
+            seen.version = E::VERSION;
+            seen.data = Payload {
+                content_type: codecs.content_type().to_owned(),
+                bytes: codecs.encode(&data).map_err(refusal)?.into(),
+            };
+        }
+        let (witnesses, topic, group) = (witnesses.clone(), ctx.topic_arc(), ctx.group_arc());
         let mut event = raw.map_data(|_| data);
         event.version = E::VERSION;
-        Ok(self.handler.call(event, ctx).boxed())
+        let call = self.handler.call(event, ctx);
+        Ok(async move {
+            let result = call.await;
+            if result.is_ok() {
+                let handled = Handled {
+                    topic: &topic,
+                    group: &group,
+                    event: &seen,
+                };
+                for witness in witnesses.iter() {
+                    witness.on_handled(&handled);
+                }
+            }
+            result
+        }
+        .boxed())
     }
 
     fn retry(&self) -> Option<&Arc<RetryPolicy>> {

@@ -14,7 +14,8 @@ use super::dispatch;
 use super::gate::{wait_all_open, Gate};
 use super::health::{HealthBoard, RouterHealth, SubscriptionState};
 use super::shared::{Counters, RouteTable, RouterStats, Shared};
-use super::{RouterError, RouterObserver, RouterSettings};
+use super::{RouterError, RouterSettings};
+use crate::RouterObserver;
 use crate::{Bus, ConsumeError, SubscribeOptions, Subscription};
 
 /// A router that is handling deliveries.
@@ -61,6 +62,11 @@ pub(crate) async fn start(
         group: group.clone(),
         settings,
         counters: Counters::default(),
+        witnesses: observers
+            .iter()
+            .filter(|o| o.wants_handled_events())
+            .cloned()
+            .collect(),
         observers: observers.into_boxed_slice(),
         abandon: abandon_rx,
     });

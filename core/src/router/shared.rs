@@ -9,8 +9,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::route::Route;
-use super::{RouterObserver, RouterSettings};
+use super::RouterSettings;
 use crate::Bus;
+use crate::RouterObserver;
 
 /// Counters of a router since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Told about every settlement decision.
     pub(crate) observers: Box<[Arc<dyn RouterObserver>]>,
+    /// The observers that also want every handled event.
+    pub(crate) witnesses: Arc<[Arc<dyn RouterObserver>]>,
     /// Set when shutdown's deadline has passed: handlers still running are
     /// cancelled and their deliveries returned.
     pub(crate) abandon: watch::Receiver<bool>,
