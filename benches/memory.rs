@@ -55,6 +55,7 @@ fn now_nanos() -> u64 {
 async fn busline_setup(capacity: usize) -> Busline {
     let broker = MemoryBroker::with_config(MemoryConfig {
         queue_capacity: capacity,
+        ..MemoryConfig::default()
     });
     let bus = Bus::new(broker.connect(), BusSettings::default().with_service("bench"));
     let done = Arc::new(Countdown::default());
@@ -277,6 +278,7 @@ async fn main() {
     let before = live_kib();
     let broker = MemoryBroker::with_config(MemoryConfig {
         queue_capacity: backlog as usize,
+        ..MemoryConfig::default()
     });
     let bus = Bus::new(broker.connect(), BusSettings::default().with_service("bench"));
     bus.provision("backlog", "later").await.unwrap();

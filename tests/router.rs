@@ -196,7 +196,10 @@ async fn in_flight_bound_holds_for_slow_handlers() {
 
 #[tokio::test(start_paused = true)]
 async fn full_queue_makes_publishers_wait() {
-    let broker = MemoryBroker::with_config(MemoryConfig { queue_capacity: 5 });
+    let broker = MemoryBroker::with_config(MemoryConfig {
+        queue_capacity: 5,
+        ..MemoryConfig::default()
+    });
     let bus = Bus::new(broker.connect(), test_settings());
     let topic = unique("bp");
     bus.provision(&topic, "slow").await.unwrap();

@@ -54,6 +54,7 @@ fn handler(
 async fn setup(stack: Option<DefaultStack>) -> Setup {
     let broker = MemoryBroker::with_config(MemoryConfig {
         queue_capacity: 100_000,
+        ..MemoryConfig::default()
     });
     let bus = Bus::new(broker.connect(), BusSettings::default().with_service("bench"));
     let done = Arc::new(Countdown::default());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use busline_core::wire;
 use busline_core::{
     async_trait, Acknowledge, Capabilities, ConsumeError, DeadLetter, Delivery, EventBus, PublishError,
     PublishErrorKind, RawEvent, SettleError, SubscribeError, SubscribeErrorKind, SubscribeOptions,
@@ -88,6 +89,18 @@ impl MemoryBus {
         }
     }
 
+    /// What the broker keeps of `event`: its wire form unless the broker is
+    /// configured without the wire mapping. A structured-mode event is kept
+    /// as it is: its body is the wire form, read by the structured decoder.
+    fn stored(&self, topic: &str, event: RawEvent) -> Result<Stored, PublishError> {
+        if !self.broker.state.config.wire_mapping || wire::is_structured(&event.data.content_type) {
+            return Ok(Stored::Event(event));
+        }
+        WireMessage::from_event(&event)
+            .map(Stored::Wire)
+            .map_err(|e| PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e))
+    }
+
     async fn publish_stored(&self, topic: &str, message: Stored) -> Result<(), PublishError> {
         let Some((message, full)) = self.broker.state.try_publish(topic, message) else {
             return Ok(());
@@ -117,13 +130,15 @@ impl EventBus for MemoryBus {
 
     async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
         self.check_open(topic)?;
-        self.publish_stored(topic, Stored::Event(event)).await
+        let stored = self.stored(topic, event)?;
+        self.publish_stored(topic, stored).await
     }
 
     async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
         self.check_open(topic)?;
         for event in events {
-            self.publish_stored(topic, Stored::Event(event)).await?;
+            let stored = self.stored(topic, event)?;
+            self.publish_stored(topic, stored).await?;
         }
         Ok(())
     }
