@@ -4,8 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use busline::{
-    Attempt, Context, DeadLetterReason, DomainEvent, FromContext, FromRef, HandlerError, Router, State, Topic,
+    Attempt, Context, DeadLetterReason, DomainEvent, FromContext, FromRef, HandlerError,
+    HandlerWithoutStateExt, Layer, Router, State, Topic, TowerLayer,
 };
 use busline_testkit::events::{Order, OrderV1, Ping, Pong};
 use busline_testkit::support::{eventually, unique, Collector, WAIT};
@@ -213,4 +216,89 @@ async fn the_harness_reports_upcast_events_under_the_handled_type_and_skips_as_u
         h.handled::<Pong>().is_empty(),
         "a skipped pong counted as handled"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn towers_own_timeout_wraps_every_handler_of_a_router() {
+    let h = TestHarness::new();
+    let topic = unique("t");
+    let attempts = Collector::new();
+    let a = attempts.clone();
+    let router = Router::new(h.bus(), "g")
+        .layer(TowerLayer::new(tower::timeout::TimeoutLayer::new(
+            Duration::from_millis(50),
+        )))
+        .on(
+            &topic,
+            move |Attempt(n): Attempt, _e: DomainEvent<Ping>| async move {
+                a.push(n);
+                if n == 1 {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+    h.bus().publish(&topic, ping(1)).await.unwrap();
+    h.wait_for_handled::<Ping>(WAIT).await;
+    // tower's `Elapsed` on the first attempt is a retryable failure.
+    assert_eq!(attempts.snapshot(), vec![1, 2]);
+    let stats = router.shutdown().await.unwrap();
+    assert_eq!((stats.retried, stats.handled), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tower_service_builder_stack_limits_one_handler() {
+    let h = TestHarness::new();
+    let topic = unique("t");
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (r, m) = (running.clone(), most.clone());
+    let handler = move |_e: DomainEvent<Ping>| async move {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = r.fetch_add(1, SeqCst) + 1;
+        m.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        r.fetch_sub(1, SeqCst);
+    };
+    let stack = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .timeout(Duration::from_secs(5));
+    let router = Router::new(h.bus(), "g")
+        .with_max_in_flight(8)
+        .on(&topic, TowerLayer::new(stack).layer(handler.into_service()))
+        .start()
+        .await
+        .unwrap();
+    for seq in 0..8 {
+        h.bus().publish(&topic, ping(seq)).await.unwrap();
+    }
+    h.wait_for_handled_count::<Ping>(8, WAIT).await;
+    assert_eq!(
+        most.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "two calls ran at once"
+    );
+    router.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_failure_stays_permanent_through_a_tower_stack() {
+    let h = TestHarness::new();
+    let topic = unique("t");
+    let router = Router::new(h.bus(), "g")
+        .layer(TowerLayer::new(tower::limit::ConcurrencyLimitLayer::new(2)))
+        .on(&topic, |_e: DomainEvent<Ping>| async {
+            Err::<(), _>(HandlerError::permanent("no such customer"))
+        })
+        .start()
+        .await
+        .unwrap();
+    h.bus().publish(&topic, ping(1)).await.unwrap();
+    let letters = h.wait_for_dead_letters(1, WAIT).await;
+    assert_eq!(letters[0].letter.reason, DeadLetterReason::PermanentError);
+    assert_eq!(letters[0].letter.attempts, 1);
+    assert!(letters[0].letter.error.contains("no such customer"));
+    router.shutdown().await.unwrap();
 }

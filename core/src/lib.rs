@@ -59,10 +59,10 @@ pub use replay::{
 };
 pub use retry::{RetryDecision, RetryPolicy};
 pub use router::{
-    Attempt, Context, Either, EventService, FailureKind, FromContext, FromEvent, FromRef, Gate, GateState,
-    Handler, HandlerError, HandlerOptions, HandlerService, HandlerWithoutStateExt, Identity,
-    IntoHandlerResult, Layer, Router, RouterError, RouterHealth, RouterStats, RunningRouter, Stack, State,
-    SubscriptionHealth, SubscriptionState, Topic,
+    Attempt, Context, Either, EventService, FailureKind, FromContext, FromEvent, FromRef, FromTower, Gate,
+    GateState, Handler, HandlerError, HandlerOptions, HandlerService, HandlerWithoutStateExt, Identity,
+    Incoming, IntoHandlerResult, Layer, Router, RouterError, RouterHealth, RouterStats, RunningRouter, Stack,
+    State, SubscriptionHealth, SubscriptionState, Topic, TowerLayer, TowerService,
 };
 pub use transport::{Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
 
