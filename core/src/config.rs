@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+#[cfg(doc)]
+use crate::redact::with_secrets;
+use crate::redact::{is_secret_key, redact_url, redact_value, secrets_exposed, MASK};
 use crate::{ConfigError, DeadLetterPolicy, RetryPolicy};
 
 /// The environment variable that holds the bus URL.
@@ -178,8 +181,10 @@ impl Default for ConsumerConfig {
 
 /// A backend's own configuration table, kept untyped by the core (which knows
 /// no broker) and read by the backend with [`BackendSection::parse`].
-/// Values whose key names a secret are redacted in `Debug`.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Values whose key names a secret ([`is_secret_key`]) show as `***` in
+/// `Debug` and serialize as `***` outside [`with_secrets`]; URLs in other
+/// string values are redacted the same ways.
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct BackendSection(pub serde_json::Map<String, serde_json::Value>);
 
@@ -189,45 +194,60 @@ impl BackendSection {
         serde_json::from_value(serde_json::Value::Object(self.0.clone()))
             .map_err(|e| ConfigError::Invalid(format!("[{name}] section: {e}")))
     }
+
+    /// The section with secret values hidden, tables (`[kafka.producer]`)
+    /// included.
+    fn redacted(&self) -> serde_json::Map<String, serde_json::Value> {
+        fn value(key: &str, v: &serde_json::Value) -> serde_json::Value {
+            use serde_json::Value;
+            match v {
+                _ if is_secret_key(key) => Value::String(MASK.into()),
+                Value::String(s) => Value::String(redact_value(key, s).into_owned()),
+                Value::Object(map) => {
+                    Value::Object(map.iter().map(|(k, v)| (k.clone(), value(k, v))).collect())
+                }
+                Value::Array(items) => Value::Array(items.iter().map(|v| value(key, v)).collect()),
+                other => other.clone(),
+            }
+        }
+        self.0.iter().map(|(k, v)| (k.clone(), value(k, v))).collect()
+    }
 }
 
-/// Whether a configuration key names a secret.
-pub fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "token",
-        "credential",
-        "passphrase",
-        "sasl.jaas",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
+impl Serialize for BackendSection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if secrets_exposed() {
+            self.0.serialize(s)
+        } else {
+            self.redacted().serialize(s)
+        }
+    }
 }
 
 impl fmt::Debug for BackendSection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut map = f.debug_map();
-        for (k, v) in &self.0 {
-            if is_secret_key(k) {
-                map.entry(k, &"***");
-            } else {
-                map.entry(k, v);
-            }
-        }
-        map.finish()
+        f.debug_map().entries(self.redacted()).finish()
     }
 }
 
-/// A broker URL whose credentials never show in `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+/// A broker URL whose credentials never show in `Debug` or `Display`, and
+/// serialize only inside [`with_secrets`].
+#[derive(Clone, PartialEq, Eq)]
 pub struct BrokerUrl(String);
 
 impl<'de> Deserialize<'de> for BrokerUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Self(String::deserialize(d)?))
+    }
+}
+
+impl Serialize for BrokerUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if secrets_exposed() {
+            s.serialize_str(&self.0)
+        } else {
+            s.serialize_str(&self.redacted())
+        }
     }
 }
 
@@ -251,41 +271,12 @@ impl BrokerUrl {
         &self.0
     }
 
-    /// The URL with the password (or a token standing as user name) replaced
-    /// by `***`.
+    /// The URL with every password (or token standing as user name) and
+    /// secret query value replaced by `***`, seed lists item by item: see
+    /// [`redact_url`].
     pub fn redacted(&self) -> String {
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return self.0.clone();
-        };
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let tail = redact_query(tail);
-        match authority.rfind('@') {
-            None => format!("{scheme}://{authority}{tail}"),
-            Some(at) => {
-                let (userinfo, host) = (&authority[..at], &authority[at..]);
-                let userinfo = match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{user}:***"),
-                    None => "***".to_owned(),
-                };
-                format!("{scheme}://{userinfo}{host}{tail}")
-            }
-        }
+        redact_url(&self.0)
     }
-}
-
-fn redact_query(tail: &str) -> String {
-    let Some((path, query)) = tail.split_once('?') else {
-        return tail.to_owned();
-    };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if is_secret_key(k) => format!("{k}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{path}?{}", pairs.join("&"))
 }
 
 impl fmt::Display for BrokerUrl {
@@ -313,6 +304,8 @@ mod tests {
             ),
             ("nats://s3cret@host:4222", "nats://***@host:4222"),
             ("kafka://a:9092,b:9092", "kafka://a:9092,b:9092"),
+            ("amqp://orders:pa/ss@rabbit/%2f", "amqp://orders:***@rabbit/%2f"),
+            ("nats://u:p@h1,nats://u:q@h2", "nats://u:***@h1,nats://u:***@h2"),
             (
                 "amqps://u:p@h/v?auth_mechanism=plain&password=x",
                 "amqps://u:***@h/v?auth_mechanism=plain&password=***",
@@ -333,6 +326,28 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("linger.ms"));
+    }
+
+    #[test]
+    fn serialize_hides_secrets_unless_asked() {
+        let c = BusConfig::from_toml_str(
+            "url = \"nats://u:pa/ss@h1,nats://v:pa@ss@h2\"\n[kafka]\n\"sasl.password\" = \"hunter2\"\n\"ssl.key.pem\" = \"-----BEGIN PRIVATE KEY-----\"\n[kafka.producer]\n\"sasl.oauthbearer.config\" = \"clientSecret=s3\"\n\"linger.ms\" = 5\n",
+        )
+        .unwrap();
+        for shown in [
+            serde_json::to_string(&c).unwrap(),
+            toml::to_string(&c).unwrap(),
+            format!("{c:?}"),
+        ] {
+            for secret in ["pa/ss", "pa@ss", "hunter2", "PRIVATE KEY", "clientSecret"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("linger.ms"), "{shown}");
+        }
+        let full = crate::redact::with_secrets(|| toml::to_string(&c)).unwrap();
+        let back = BusConfig::from_toml_str(&full).unwrap();
+        assert_eq!(back.url.expose_secret(), c.url.expose_secret());
+        assert_eq!(back.kafka, c.kafka);
     }
 
     #[test]

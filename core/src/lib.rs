@@ -30,6 +30,7 @@ mod delivery;
 mod error;
 mod event;
 mod observe;
+pub mod redact;
 mod replay;
 mod retry;
 mod router;
@@ -40,8 +41,8 @@ pub use bus::{Bus, BusSettings};
 pub use busline_codecs as codecs;
 pub use busline_codecs::{CodecError, CodecRegistry};
 pub use config::{
-    is_secret_key, BackendSection, BrokerUrl, BusConfig, ConsumerConfig, ContentMode, ENV_CODEC,
-    ENV_CONFIG_FILE, ENV_SERVICE, ENV_URL,
+    BackendSection, BrokerUrl, BusConfig, ConsumerConfig, ContentMode, ENV_CODEC, ENV_CONFIG_FILE,
+    ENV_SERVICE, ENV_URL,
 };
 pub use dead_letter::{
     dead_letter_topic, DeadLetter, DeadLetterPolicy, DeadLetterReason, UnknownEventAction,
@@ -53,6 +54,7 @@ pub use error::{
 };
 pub use event::{new_event_id, DomainEvent, Event, Payload, RawEvent};
 pub use observe::{Handled, Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};
+pub use redact::is_secret_key;
 pub use replay::{
     Repair, ReplayError, ReplayOptions, ReplayReport, REPLAY_COUNT, REPLAY_GROUP,
     SKIP_REPLAYED_FOR_OTHER_GROUP,

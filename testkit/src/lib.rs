@@ -16,6 +16,7 @@ pub mod brokers;
 pub mod events;
 mod fixture;
 mod harness;
+pub mod logs;
 pub mod scenarios;
 pub mod support;
 

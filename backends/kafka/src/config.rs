@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use busline_core::{is_secret_key, BusConfig, ConfigError};
+#[cfg(doc)]
+use busline_core::is_secret_key;
+use busline_core::redact::redact_value;
+use busline_core::{BusConfig, ConfigError};
+use percent_encoding::percent_decode_str;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -244,11 +248,28 @@ impl KafkaConfig {
 }
 
 /// librdkafka properties (`name = value`); values may be written as TOML
-/// strings, numbers or booleans. Values of secret-looking keys
-/// ([`is_secret_key`]) never show in `Debug`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+/// strings, numbers or booleans. Values of secret keys ([`is_secret_key`]:
+/// `sasl.password`, `ssl.key.pem`, `sasl.oauthbearer.config`, …) never
+/// show in `Debug` and serialize as `***` unless serialized inside
+/// [`busline_core::redact::with_secrets`].
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Properties(BTreeMap<String, String>);
+
+impl Serialize for Properties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let expose = busline_core::redact::secrets_exposed();
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            if expose {
+                map.serialize_entry(k, v)?;
+            } else {
+                map.serialize_entry(k, &redact_value(k, v))?;
+            }
+        }
+        map.end()
+    }
+}
 
 impl Properties {
     /// The value of `key`.
@@ -298,15 +319,9 @@ impl<'de> Deserialize<'de> for Properties {
 
 impl fmt::Debug for Properties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut map = f.debug_map();
-        for (k, v) in &self.0 {
-            if is_secret_key(k) {
-                map.entry(k, &"***");
-            } else {
-                map.entry(k, v);
-            }
-        }
-        map.finish()
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, redact_value(k, v))))
+            .finish()
     }
 }
 
@@ -340,14 +355,15 @@ impl Bootstrap {
         if !scheme.eq_ignore_ascii_case("kafka") {
             return Err(invalid("the Kafka backend takes kafka:// URLs"));
         }
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let (credentials, hosts) = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => {
-                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                (Some((user.to_owned(), password.to_owned())), hosts)
-            }
-            None => (None, authority),
-        };
+        // The userinfo ends at the last `@`, where the redactor ends it: a
+        // password may hold `/`, `?`, `#` or `@`.
+        let (userinfo, after) = busline_core::redact::split_userinfo(rest);
+        let hosts = after.split(['/', '?', '#']).next().unwrap_or_default();
+        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let credentials = userinfo.map(|userinfo| {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (decode(user), decode(password))
+        });
         let servers: Vec<&str> = hosts
             .split(',')
             .map(str::trim)
@@ -418,8 +434,28 @@ mod tests {
         let b = Bootstrap::from_url(&BusConfig::from_url("kafka://u:pw@a:9092/")).unwrap();
         assert_eq!(b.credentials, Some(("u".into(), "pw".into())));
         assert!(!format!("{b:?}").contains("pw"));
+        let b = Bootstrap::from_url(&BusConfig::from_url("kafka://u:p/w@r%40d@a:9092,b:9093")).unwrap();
+        assert_eq!(b.credentials, Some(("u".into(), "p/w@r@d".into())));
+        assert_eq!(b.servers, "a:9092,b:9093");
         assert!(Bootstrap::from_url(&BusConfig::from_url("kafka://")).is_err());
         assert!(Bootstrap::from_url(&BusConfig::from_url("nats://a:1")).is_err());
+    }
+
+    #[test]
+    fn properties_hide_secrets_in_debug_and_serialize() {
+        let config = BusConfig::from_toml_str(
+            "[kafka]\n\"sasl.password\" = \"hunter2\"\n\"ssl.key.pem\" = \"KEYPEM\"\n\"sasl.oauthbearer.config\" = \"clientSecret=s3\"\n\"ssl.keystore.password\" = \"ks\"\n[kafka.consumer]\n\"sasl.password\" = \"hunter3\"\n",
+        )
+        .unwrap();
+        let k = KafkaConfig::from_bus_config(&config).unwrap();
+        let json = serde_json::to_string(&k).unwrap();
+        for shown in [format!("{k:?}"), json] {
+            for secret in ["hunter2", "hunter3", "KEYPEM", "clientSecret", "\"ks\""] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
+        let full = busline_core::redact::with_secrets(|| serde_json::to_string(&k)).unwrap();
+        assert!(full.contains("hunter2") && full.contains("hunter3"), "{full}");
     }
 
     #[test]

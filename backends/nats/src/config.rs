@@ -205,28 +205,32 @@ pub(crate) async fn endpoint(config: &BusConfig, nats: &NatsConfig) -> Result<En
     let rest = &url[scheme.len() + 3..];
     let mut servers = Vec::new();
     let mut auth: Option<(String, Option<String>)> = None;
-    for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let part = part.strip_prefix(&format!("{scheme}://")).unwrap_or(part);
-        let part = part.trim_end_matches('/');
-        let host = match part.rfind('@') {
-            Some(at) => {
-                let (user, pass) = match part[..at].split_once(':') {
-                    Some((u, p)) => (u, Some(p)),
-                    None => (&part[..at], None),
-                };
-                let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-                auth.get_or_insert((decode(user), pass.map(decode)));
-                &part[at + 1..]
-            }
-            None => part,
-        };
-        if host.is_empty() {
-            return Err(invalid("a server address is empty".into()));
+    // Items and their credentials are cut where the redactor cuts them
+    // (busline_core::redact), so what is sent as the password is exactly
+    // what `redacted()` hides: the userinfo ends at an item's last `@`.
+    for (_, item) in busline_core::redact::seed_items(&scheme, rest) {
+        let (userinfo, after) = busline_core::redact::split_userinfo(item.trim());
+        if let Some(userinfo) = userinfo {
+            let (user, pass) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+            auth.get_or_insert((decode(user), pass.map(decode)));
         }
-        let addr: ServerAddr = format!("{scheme}://{host}")
-            .parse()
-            .map_err(|e: std::io::Error| invalid(e.to_string()))?;
-        servers.push(addr);
+        let hosts = after.split(['/', '?', '#']).next().unwrap_or_default();
+        for host in hosts.split(',').map(str::trim) {
+            if host.is_empty() {
+                if hosts.trim().is_empty() || hosts.contains(",,") {
+                    return Err(invalid("a server address is empty".into()));
+                }
+                continue;
+            }
+            let addr: ServerAddr = format!("{scheme}://{host}")
+                .parse()
+                .map_err(|e: std::io::Error| invalid(e.to_string()))?;
+            servers.push(addr);
+        }
     }
     if servers.is_empty() {
         return Err(invalid("no server address".into()));
@@ -285,6 +289,29 @@ mod tests {
             .collect();
         assert_eq!(hosts, ["a:4222", "b:4223"]);
         assert!(!format!("{:?}", e.servers).contains("cret"));
+    }
+
+    #[tokio::test]
+    async fn passwords_end_at_the_last_at_sign_of_their_item() {
+        let config = BusConfig::from_url("nats://app:pa/ss@w:rd@a:4222, nats://other:x@b:4223");
+        let e = endpoint(&config, &NatsConfig::default()).await.unwrap();
+        let hosts: Vec<String> = e
+            .servers
+            .iter()
+            .map(|s| format!("{}:{}", s.host(), s.port()))
+            .collect();
+        assert_eq!(hosts, ["a:4222", "b:4223"]);
+        assert_eq!(
+            config.url.redacted(),
+            "nats://app:***@a:4222, nats://other:***@b:4223"
+        );
+        let config = BusConfig::from_url("nats://app:pw@a:4222,,b:1");
+        let err = endpoint(&config, &NatsConfig::default())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("empty") && !err.contains("pw@"), "{err}");
     }
 
     #[tokio::test]

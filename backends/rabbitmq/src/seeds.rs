@@ -27,14 +27,15 @@ pub(crate) fn parse(url: &str) -> Result<Vec<Seed>, String> {
                 .to_owned(),
         );
     }
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    // The credentials come once, before the first host: a password may
-    // hold a comma (percent-encoded or not), a host never holds an `@`.
-    let (userinfo, hosts) = match authority.rfind('@') {
-        Some(at) => (&authority[..=at], &authority[at + 1..]),
-        None => ("", authority),
-    };
+    // The credentials come once, before the first host, and end at the
+    // last `@` (the redactor's rule too): a password may hold `/`, `?`,
+    // `#`, `@` or a comma, percent-encoded or not; a host never holds an `@`.
+    let (userinfo, after) = busline_core::redact::split_userinfo(rest);
+    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (hosts, tail) = after.split_at(authority_end);
+    let userinfo = userinfo
+        .map(|u| format!("{}@", encode_userinfo(u)))
+        .unwrap_or_default();
     let mut seeds = Vec::new();
     for host in hosts.split(',').map(str::trim) {
         if host.is_empty() {
@@ -47,6 +48,21 @@ pub(crate) fn parse(url: &str) -> Result<Vec<Seed>, String> {
         seeds.push(Seed { uri, redacted });
     }
     Ok(seeds)
+}
+
+/// `userinfo` with the characters a URL parser would end it at (`/`, `?`,
+/// `#`, `@`, `[`, `]`, blanks) percent-encoded, so lapin reads the same
+/// user name and password the redactor hides; escapes already there stay.
+fn encode_userinfo(userinfo: &str) -> String {
+    let mut out = String::with_capacity(userinfo.len());
+    for c in userinfo.chars() {
+        match c {
+            '/' | '?' | '#' | '@' | '[' | ']' | ' ' | '"' | '<' | '>' | '\\' | '^' | '`' | '{' | '|'
+            | '}' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -91,6 +107,24 @@ mod tests {
             assert!(!s.redacted.contains("p,w"), "{}", s.redacted);
         }
         assert_eq!(seeds[1].redacted, "amqp://u:***@h2:5682/prod?heartbeat=7");
+    }
+
+    #[test]
+    fn raw_special_characters_in_the_password_reach_lapin_and_never_show() {
+        for pw in ["pa/ss", "p@ss#w?rd", "a:b/c@d", "p,w/x"] {
+            let url = format!("amqp://orders:{pw}@h1:5681,[::1]:5682/prod?heartbeat=7");
+            let seeds = parse(&url).expect(&url);
+            assert_eq!(seeds.len(), 2, "{url}");
+            for s in &seeds {
+                assert_eq!(s.uri.authority.userinfo.username, "orders");
+                assert_eq!(s.uri.authority.userinfo.password, pw, "{url}");
+                assert_eq!(s.uri.vhost, "prod");
+                assert!(!s.redacted.contains(pw), "{}", s.redacted);
+            }
+            assert_eq!(seeds[1].redacted, "amqp://orders:***@[::1]:5682/prod?heartbeat=7");
+        }
+        let seeds = parse("amqp://u:p%2Fq@h/%2f").unwrap();
+        assert_eq!(seeds[0].uri.authority.userinfo.password, "p/q");
     }
 
     #[test]
