@@ -31,6 +31,22 @@ need() { # command package
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
 }
 
+need_pkg() { # package: for libraries, which have no command to look for
+    dpkg -s "$1" >/dev/null 2>&1 && return 0
+    if [ "$apt_updated" = 0 ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+
+# busline-kafka builds rdkafka with OpenSSL (feature `ssl`: TLS, SCRAM),
+# linked against the system's libssl; openssl-sys finds it by pkg-config.
+# The `openssl` command makes the TLS tests' certificates.
+need_pkg libssl-dev
+need pkg-config pkg-config
+need openssl openssl
+
 # RabbitMQ: the tests run on a node of the project's own on 5673
 # (.ci/rabbitmq-restartable.sh, started below), never on the machine's
 # shared broker, which they could disturb and which a restart test must not

@@ -66,21 +66,21 @@ pub use busline_kafka as kafka;
 /// | `memory://[name]` | in-process broker (one per name) | `memory` |
 /// | `amqp://`, `amqps://` | RabbitMQ | `rabbitmq` |
 /// | `nats://`, `tls://` | NATS JetStream | `nats` |
-/// | `kafka://host:port[,host:port]` | Kafka | `kafka` |
+/// | `kafka://host:port[,host:port]`, `kafkas://…` (TLS) | Kafka | `kafka` |
 pub async fn connect(config: &BusConfig) -> Result<Bus, ConfigError> {
     let scheme = config.url.scheme();
     match scheme.as_str() {
         "memory" => connect_memory(config),
         "amqp" | "amqps" => connect_rabbitmq(config).await,
         "nats" | "tls" => connect_nats(config).await,
-        "kafka" => connect_kafka(config).await,
+        "kafka" | "kafkas" => connect_kafka(config).await,
         "" => Err(ConfigError::InvalidUrl {
             url: config.url.redacted(),
             reason: "no scheme; expected memory://, amqp://, nats:// or kafka://".into(),
         }),
         other => Err(ConfigError::UnsupportedScheme {
             scheme: other.to_owned(),
-            hint: "busline knows memory://, amqp(s)://, nats://, tls:// and kafka://".into(),
+            hint: "busline knows memory://, amqp(s)://, nats://, tls:// and kafka(s)://".into(),
         }),
     }
 }

@@ -19,6 +19,7 @@ mod harness;
 pub mod logs;
 pub mod scenarios;
 pub mod support;
+pub mod tls;
 
 pub use fixture::{test_settings, BusFixture, Declared, MemoryFixture, WireInput};
 pub use harness::{DeadLettered, TestHarness};

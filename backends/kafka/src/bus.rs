@@ -42,11 +42,14 @@ impl std::fmt::Debug for KafkaBus {
 }
 
 impl KafkaBus {
-    /// Connects to the brokers of a `kafka://host:port[,host:port]` URL and
-    /// checks that they answer.
+    /// Connects to the brokers of a `kafka://host:port[,host:port]` or
+    /// `kafkas://[user:pass@]host:port[?mechanism=SCRAM-SHA-512]` URL (TLS;
+    /// SASL_SSL with credentials) and checks that they answer; see the
+    /// crate documentation for how the URL picks `security.protocol`.
     pub async fn connect(config: &BusConfig, kafka: KafkaConfig) -> Result<Self, ConfigError> {
         kafka.validate()?;
         let bootstrap = Bootstrap::from_url(config)?;
+        bootstrap.warn_if_plaintext_credentials();
         let connect_error = |e: String| ConfigError::Connect {
             url: config.url.redacted(),
             source: e.into(),

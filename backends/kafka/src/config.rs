@@ -325,11 +325,32 @@ impl fmt::Debug for Properties {
     }
 }
 
-/// The brokers of a `kafka://[user:password@]host:port[,host:port]` URL.
+/// SASL mechanisms a URL may name with `?mechanism=`.
+const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"];
+
+/// The brokers of a `kafka://` or `kafkas://` URL, and how to reach them:
+///
+/// | URL | `security.protocol` |
+/// | --- | --- |
+/// | `kafka://h:9092` | `PLAINTEXT` |
+/// | `kafkas://h:9093` (or `kafka://h:9093?tls=true`) | `SSL` |
+/// | `kafkas://user:pass@h:9093` | `SASL_SSL` |
+/// | `kafka://user:pass@h:9092` | `SASL_PLAINTEXT`, with a warning at connect: the password crosses the network in clear; `?tls=false` says it is meant and silences it |
+///
+/// `?mechanism=SCRAM-SHA-512` (or `SCRAM-SHA-256`, `PLAIN` (the default
+/// with credentials), `OAUTHBEARER`, `GSSAPI`) picks the SASL mechanism;
+/// `kafkas://h:9093?mechanism=OAUTHBEARER` needs no userinfo (the token
+/// comes from `sasl.oauthbearer.*` properties). User and password are
+/// percent-decoded; the password ends at the last `@` of the URL. Explicit
+/// `security.protocol` / `sasl.*` properties of the `[kafka]` section win.
 #[derive(Clone)]
 pub(crate) struct Bootstrap {
     servers: String,
     credentials: Option<(String, String)>,
+    tls: bool,
+    mechanism: Option<String>,
+    /// `?tls=false` written out: SASL over plaintext is meant.
+    plaintext_meant: bool,
 }
 
 impl fmt::Debug for Bootstrap {
@@ -337,6 +358,8 @@ impl fmt::Debug for Bootstrap {
         f.debug_struct("Bootstrap")
             .field("servers", &self.servers)
             .field("credentials", &self.credentials.as_ref().map(|(u, _)| (u, "***")))
+            .field("security_protocol", &self.security_protocol())
+            .field("mechanism", &self.mechanism)
             .finish()
     }
 }
@@ -350,20 +373,58 @@ impl Bootstrap {
         };
         let url = config.url.expose_secret();
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(invalid("expected kafka://host:port[,host:port]"));
+            return Err(invalid("expected kafka://host:port[,host:port] or kafkas://…"));
         };
-        if !scheme.eq_ignore_ascii_case("kafka") {
-            return Err(invalid("the Kafka backend takes kafka:// URLs"));
-        }
+        let mut tls = match scheme.to_ascii_lowercase().as_str() {
+            "kafka" => false,
+            "kafkas" => true,
+            _ => return Err(invalid("the Kafka backend takes kafka:// and kafkas:// URLs")),
+        };
         // The userinfo ends at the last `@`, where the redactor ends it: a
         // password may hold `/`, `?`, `#` or `@`.
         let (userinfo, after) = busline_core::redact::split_userinfo(rest);
-        let hosts = after.split(['/', '?', '#']).next().unwrap_or_default();
+        let hosts_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let (hosts, tail) = after.split_at(hosts_end);
+        let tail = tail.split('#').next().unwrap_or_default();
+        let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+        if !path.is_empty() && path != "/" {
+            return Err(invalid(
+                "a Kafka URL has no path: kafka://host:port[,host:port][?tls=…&mechanism=…]",
+            ));
+        }
         let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
         let credentials = userinfo.map(|userinfo| {
             let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
             (decode(user), decode(password))
         });
+        let mut mechanism = None;
+        let mut plaintext_meant = false;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match (key, decode(value).to_ascii_lowercase().as_str()) {
+                ("tls", "true" | "1" | "yes") => tls = true,
+                ("tls", "false" | "0" | "no") if scheme.eq_ignore_ascii_case("kafkas") => {
+                    return Err(invalid("kafkas:// is TLS; tls=false contradicts it"))
+                }
+                ("tls", "false" | "0" | "no") => plaintext_meant = true,
+                ("tls", _) => return Err(invalid("tls takes true or false")),
+                ("mechanism" | "sasl_mechanism", _) => {
+                    let m = decode(value).to_ascii_uppercase();
+                    if !MECHANISMS.contains(&m.as_str()) {
+                        return Err(invalid(&format!(
+                            "unknown SASL mechanism `{m}`; known: {}",
+                            MECHANISMS.join(", ")
+                        )));
+                    }
+                    mechanism = Some(m);
+                }
+                _ => {
+                    return Err(invalid(&format!(
+                        "unknown URL option `{key}`; known: tls, mechanism (librdkafka properties go in the [kafka] section)"
+                    )))
+                }
+            }
+        }
         let servers: Vec<&str> = hosts
             .split(',')
             .map(str::trim)
@@ -375,6 +436,9 @@ impl Bootstrap {
         Ok(Self {
             servers: servers.join(","),
             credentials,
+            tls,
+            mechanism,
+            plaintext_meant,
         })
     }
 
@@ -384,15 +448,46 @@ impl Bootstrap {
         Self {
             servers: servers.into(),
             credentials: None,
+            tls: false,
+            mechanism: None,
+            plaintext_meant: false,
+        }
+    }
+
+    fn sasl(&self) -> bool {
+        self.credentials.is_some() || self.mechanism.is_some()
+    }
+
+    /// The `security.protocol` the URL asks for.
+    pub(crate) fn security_protocol(&self) -> &'static str {
+        match (self.tls, self.sasl()) {
+            (false, false) => "PLAINTEXT",
+            (true, false) => "SSL",
+            (false, true) => "SASL_PLAINTEXT",
+            (true, true) => "SASL_SSL",
+        }
+    }
+
+    /// Warns when credentials would cross the network in clear, unless the
+    /// URL says so is meant (`?tls=false`).
+    pub(crate) fn warn_if_plaintext_credentials(&self) {
+        if !self.tls && self.credentials.is_some() && !self.plaintext_meant {
+            tracing::warn!(
+                servers = %self.servers,
+                "Kafka credentials over SASL_PLAINTEXT: the SASL exchange (a PLAIN password in clear) is not encrypted; \
+                 use kafkas:// (SASL_SSL), or add ?tls=false if plaintext is meant"
+            );
         }
     }
 
     pub(crate) fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.servers);
+        c.set("security.protocol", self.security_protocol());
+        if self.sasl() {
+            c.set("sasl.mechanisms", self.mechanism.as_deref().unwrap_or("PLAIN"));
+        }
         if let Some((user, password)) = &self.credentials {
-            c.set("security.protocol", "SASL_PLAINTEXT");
-            c.set("sasl.mechanisms", "PLAIN");
             c.set("sasl.username", user);
             c.set("sasl.password", password);
         }
@@ -439,6 +534,8 @@ mod tests {
         assert_eq!(b.servers, "a:9092,b:9093");
         assert!(Bootstrap::from_url(&BusConfig::from_url("kafka://")).is_err());
         assert!(Bootstrap::from_url(&BusConfig::from_url("nats://a:1")).is_err());
+        let b = Bootstrap::from_url(&BusConfig::from_url("kafka://[::1]:9092,h:1")).unwrap();
+        assert_eq!(b.servers, "[::1]:9092,h:1");
     }
 
     #[test]
@@ -456,6 +553,88 @@ mod tests {
         }
         let full = busline_core::redact::with_secrets(|| serde_json::to_string(&k)).unwrap();
         assert!(full.contains("hunter2") && full.contains("hunter3"), "{full}");
+    }
+
+    #[test]
+    fn schemes_and_options_pick_the_security_protocol() {
+        let proto = |url: &str| {
+            let b = Bootstrap::from_url(&BusConfig::from_url(url)).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let c = b.client_config();
+            (
+                c.get("security.protocol").unwrap().to_owned(),
+                c.get("sasl.mechanisms").map(str::to_owned),
+            )
+        };
+        let p = |s: &str, m: Option<&str>| (s.to_owned(), m.map(str::to_owned));
+        assert_eq!(proto("kafka://a:9092"), p("PLAINTEXT", None));
+        assert_eq!(proto("kafkas://a:9093"), p("SSL", None));
+        assert_eq!(proto("kafka://a:9093?tls=true"), p("SSL", None));
+        assert_eq!(proto("kafkas://u:p@a:9093"), p("SASL_SSL", Some("PLAIN")));
+        assert_eq!(
+            proto("KAFKAS://u:p@a:9093,b:9093/?mechanism=scram-sha-512"),
+            p("SASL_SSL", Some("SCRAM-SHA-512"))
+        );
+        assert_eq!(proto("kafka://u:p@a:9092"), p("SASL_PLAINTEXT", Some("PLAIN")));
+        assert_eq!(
+            proto("kafka://u:p@a:9092?tls=false&mechanism=SCRAM-SHA-256"),
+            p("SASL_PLAINTEXT", Some("SCRAM-SHA-256"))
+        );
+        assert_eq!(
+            proto("kafkas://a:9093?mechanism=OAUTHBEARER"),
+            p("SASL_SSL", Some("OAUTHBEARER"))
+        );
+        for bad in [
+            "kafkas://a:9093?tls=false",
+            "kafka://a:9092?tls=maybe",
+            "kafka://u:hunter2@a:9092?mechanism=MD5",
+            "kafka://u:hunter2@a:9092?linger.ms=5",
+            "kafka://u:hunter2@a:9092/topic",
+        ] {
+            let err = Bootstrap::from_url(&BusConfig::from_url(bad))
+                .expect_err(bad)
+                .to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    /// The build links OpenSSL: clients for TLS and every SASL mechanism
+    /// but GSSAPI are created (before `ssl` was enabled, creation failed
+    /// with "OpenSSL not available at build time" and "Current build
+    /// options: PLAIN").
+    #[test]
+    fn tls_and_sasl_clients_can_be_created() {
+        use rdkafka::producer::BaseProducer;
+        let k = KafkaConfig::default();
+        for (url, extra) in [
+            ("kafkas://127.0.0.1:1", vec![]),
+            ("kafkas://u:p@127.0.0.1:1", vec![]),
+            ("kafkas://u:p@127.0.0.1:1?mechanism=SCRAM-SHA-256", vec![]),
+            ("kafkas://u:p@127.0.0.1:1?mechanism=SCRAM-SHA-512", vec![]),
+            (
+                "kafka://u:p@127.0.0.1:1?tls=false&mechanism=SCRAM-SHA-512",
+                vec![],
+            ),
+            (
+                "kafkas://127.0.0.1:1?mechanism=OAUTHBEARER",
+                vec![
+                    ("enable.sasl.oauthbearer.unsecure.jwt", "true"),
+                    ("sasl.oauthbearer.config", "principal=busline"),
+                ],
+            ),
+            (
+                "kafkas://127.0.0.1:1",
+                vec![("ssl.endpoint.identification.algorithm", "https")],
+            ),
+        ] {
+            let b = Bootstrap::from_url(&BusConfig::from_url(url)).unwrap();
+            let mut c = k.producer_config(&b);
+            for (key, value) in extra {
+                c.set(key, value);
+            }
+            if let Err(e) = c.create::<BaseProducer>() {
+                panic!("{url}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -46,6 +46,34 @@
 //! - Shutdown stops fetching, waits for deliveries in flight, commits,
 //!   leaves the groups and flushes the producer.
 //!
+//!
+//! # TLS and SASL
+//!
+//! rdkafka is built with OpenSSL (feature `ssl`, linked against the
+//! system's libssl), so `SSL`, `SASL_SSL` and the SASL mechanisms `PLAIN`,
+//! `SCRAM-SHA-256`, `SCRAM-SHA-512` and `OAUTHBEARER` work (not `GSSAPI`:
+//! that needs rdkafka's `gssapi` feature and libsasl2; not OIDC token
+//! retrieval: that needs its `curl` feature). The URL picks the protocol:
+//!
+//! | URL | `security.protocol` |
+//! | --- | --- |
+//! | `kafka://h:9092` | `PLAINTEXT` |
+//! | `kafkas://h:9093` (or `kafka://h:9093?tls=true`) | `SSL` |
+//! | `kafkas://user:pass@h:9093` | `SASL_SSL` (`PLAIN` unless `?mechanism=`) |
+//! | `kafkas://user:pass@h:9093?mechanism=SCRAM-SHA-512` | `SASL_SSL` with SCRAM |
+//! | `kafkas://h:9093?mechanism=OAUTHBEARER` | `SASL_SSL`; the token from `sasl.oauthbearer.*` properties |
+//! | `kafka://user:pass@h:9092` | `SASL_PLAINTEXT`, warned at connect: the password crosses the network in clear |
+//! | `kafka://user:pass@h:9092?tls=false` | `SASL_PLAINTEXT`, meant: no warning |
+//!
+//! Certificates are librdkafka properties of the `[kafka]` section:
+//! `ssl.ca.location` (or inline `ssl.ca.pem`) for a private CA,
+//! `ssl.certificate.location` and `ssl.key.location` (or `.pem`, or
+//! `ssl.keystore.location` with `ssl.keystore.password`) for a client
+//! certificate; host names are verified (`ssl.endpoint.identification.algorithm
+//! = https`, librdkafka's default). Explicit `security.protocol` and
+//! `sasl.*` properties win over what the URL says. Secret properties never
+//! show in `Debug` or `Serialize` (see `busline_core::redact`).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), busline_core::ConfigError> {
 //! let config = busline_core::BusConfig::from_url("kafka://127.0.0.1:9092").with_service("orders");
