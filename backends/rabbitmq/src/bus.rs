@@ -74,6 +74,12 @@ impl RabbitBus {
         if !matches!(scheme.as_deref(), Some("amqp" | "amqps")) {
             return Err(format!("`{redacted}` is not an amqp:// or amqps:// URL"));
         }
+        let tls = config.tls.load()?;
+        if config.tls.is_set() && scheme.as_deref() != Some("amqps") {
+            return Err(format!(
+                "`{redacted}`: [rabbitmq.tls] is set but the URL is not amqps://"
+            ));
+        }
         let (closed, _) = watch::channel(false);
         let options = |role: &str| LinkOptions {
             name: format!("{connection_name} ({role})"),
@@ -81,6 +87,7 @@ impl RabbitBus {
             min_backoff: config.reconnect_min_backoff,
             max_backoff: config.reconnect_max_backoff,
             connect_timeout: config.connect_timeout,
+            tls: tls.clone(),
         };
         let link = |role: &str| {
             Link::new(url, options(role), closed.clone())
@@ -147,6 +154,7 @@ impl RabbitBus {
             min_backoff: c.reconnect_min_backoff,
             max_backoff: c.reconnect_max_backoff,
             connect_timeout: c.connect_timeout,
+            tls: c.tls.load()?,
         };
         let inner = &self.inner;
         let link = Arc::new(Link::new(&inner.url, options, inner.closed.clone())?);

@@ -171,6 +171,9 @@ pub struct RabbitConfig {
     /// Longest wait between tries of a copy that keeps failing.
     #[serde(with = "humantime_serde")]
     pub dead_letter_backoff_max: Duration,
+    /// TLS of `amqps://` connections: a private CA to trust and a client
+    /// certificate for mutual TLS (the `[rabbitmq.tls]` table).
+    pub tls: RabbitTls,
 }
 
 impl Default for RabbitConfig {
@@ -193,6 +196,7 @@ impl Default for RabbitConfig {
             retry_bucket_base: Duration::from_millis(100),
             dead_letter_backoff: Duration::from_millis(200),
             dead_letter_backoff_max: Duration::from_secs(30),
+            tls: RabbitTls::default(),
         }
     }
 }
@@ -284,5 +288,153 @@ mod tests {
         }
         .resolved(5);
         assert_eq!((set.delivery_limit, set.max_unparseable_losses), (2, 9));
+    }
+}
+
+/// TLS of `amqps://` connections, beyond lapin's defaults (rustls with the
+/// platform's trust store and no client certificate):
+///
+/// ```toml
+/// [rabbitmq.tls]
+/// ca_file = "/etc/busline/rabbit-ca.pem"     # a private CA, trusted besides the platform's
+/// cert_file = "/etc/busline/client.pem"      # mutual TLS: PEM certificate (chain) ...
+/// key_file = "/etc/busline/client.key"       # ... and its PEM (PKCS#8) key
+/// # or pkcs12_file = "client.p12" with pkcs12_password = "…"
+/// ```
+///
+/// Files are read at connect; a missing or unreadable one is a
+/// [`ConfigError::Invalid`](busline_core::ConfigError::Invalid). The
+/// server's host name is always verified. `pkcs12_password` shows as `***`
+/// in `Debug` and serializes as `***` outside
+/// [`busline_core::redact::with_secrets`].
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitTls {
+    /// PEM file of CA certificates to trust.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The same, inline: PEM text of CA certificates to trust.
+    pub ca_pem: Option<String>,
+    /// PEM client certificate (or chain), with `key_file`.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8) of `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+    /// PKCS#12 (DER) client identity, instead of `cert_file` and `key_file`.
+    pub pkcs12_file: Option<std::path::PathBuf>,
+    /// Password of `pkcs12_file`.
+    #[serde(serialize_with = "serialize_secret")]
+    pub pkcs12_password: Option<String>,
+}
+
+fn serialize_secret<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) if busline_core::redact::secrets_exposed() => s.serialize_some(v),
+        Some(_) => s.serialize_some(busline_core::redact::MASK),
+        None => s.serialize_none(),
+    }
+}
+
+impl std::fmt::Debug for RabbitTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitTls")
+            .field("ca_file", &self.ca_file)
+            .field(
+                "ca_pem",
+                &self.ca_pem.as_ref().map(|p| format!("{} bytes", p.len())),
+            )
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("pkcs12_file", &self.pkcs12_file)
+            .field(
+                "pkcs12_password",
+                &self.pkcs12_password.as_ref().map(|_| busline_core::redact::MASK),
+            )
+            .finish()
+    }
+}
+
+impl RabbitTls {
+    /// Whether anything is set.
+    pub fn is_set(&self) -> bool {
+        *self != Self::default()
+    }
+
+    /// lapin's TLS configuration, the files read; `Err` names the setting
+    /// and the file, never a password.
+    pub(crate) fn load(&self) -> Result<lapin::tcp::OwnedTLSConfig, String> {
+        use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("[rabbitmq.tls] {what} {}: {e}", path.display()))
+        };
+        let mut cert_chain = String::new();
+        if let Some(path) = &self.ca_file {
+            let pem = read("ca_file", path)?;
+            cert_chain.push_str(
+                &String::from_utf8(pem)
+                    .map_err(|_| format!("[rabbitmq.tls] ca_file {}: not PEM text", path.display()))?,
+            );
+            cert_chain.push('\n');
+        }
+        if let Some(pem) = &self.ca_pem {
+            cert_chain.push_str(pem);
+        }
+        if !cert_chain.is_empty() && !cert_chain.contains("-----BEGIN CERTIFICATE-----") {
+            return Err("[rabbitmq.tls] ca_file / ca_pem holds no PEM certificate".into());
+        }
+        let identity = match (&self.cert_file, &self.key_file, &self.pkcs12_file) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), None) => Some(OwnedIdentity::PKCS8 {
+                pem: read("cert_file", cert)?,
+                key: read("key_file", key)?,
+            }),
+            (None, None, Some(p12)) => Some(OwnedIdentity::PKCS12 {
+                der: read("pkcs12_file", p12)?,
+                password: self.pkcs12_password.clone().unwrap_or_default(),
+            }),
+            _ => {
+                return Err(
+                    "[rabbitmq.tls] a client certificate is cert_file with key_file, or pkcs12_file".into(),
+                )
+            }
+        };
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain: (!cert_chain.is_empty()).then_some(cert_chain),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn the_pkcs12_password_never_shows() {
+        let c: RabbitConfig = busline_core::BusConfig::from_toml_str(
+            "[rabbitmq.tls]\npkcs12_file = \"/x.p12\"\npkcs12_password = \"hunter2\"\n",
+        )
+        .unwrap()
+        .rabbitmq
+        .parse("rabbitmq")
+        .unwrap();
+        for shown in [format!("{c:?}"), serde_json::to_string(&c).unwrap()] {
+            assert!(!shown.contains("hunter2") && shown.contains("x.p12"), "{shown}");
+        }
+        let full = busline_core::redact::with_secrets(|| serde_json::to_string(&c)).unwrap();
+        assert!(full.contains("hunter2"));
+    }
+
+    #[test]
+    fn half_a_client_identity_is_an_error() {
+        let tls = RabbitTls {
+            cert_file: Some("/c.pem".into()),
+            ..RabbitTls::default()
+        };
+        assert!(tls.load().unwrap_err().contains("cert_file with key_file"));
+        let tls = RabbitTls {
+            ca_pem: Some("not pem".into()),
+            ..RabbitTls::default()
+        };
+        assert!(tls.load().unwrap_err().contains("no PEM certificate"));
+        assert!(RabbitTls::default().load().unwrap().cert_chain.is_none());
     }
 }

@@ -62,6 +62,7 @@ pub(crate) struct Link {
     min_backoff: Duration,
     max_backoff: Duration,
     connect_timeout: Duration,
+    tls: lapin::tcp::OwnedTLSConfig,
     state: Mutex<State>,
     closed: watch::Sender<bool>,
 }
@@ -73,6 +74,8 @@ pub(crate) struct LinkOptions {
     pub(crate) min_backoff: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) connect_timeout: Duration,
+    /// Extra TLS settings of `amqps://` seeds (a CA, a client identity).
+    pub(crate) tls: lapin::tcp::OwnedTLSConfig,
 }
 
 impl Link {
@@ -96,6 +99,7 @@ impl Link {
             min_backoff: options.min_backoff,
             max_backoff: options.max_backoff.max(options.min_backoff),
             connect_timeout: options.connect_timeout,
+            tls: options.tls,
             state: Mutex::new(State {
                 live: None,
                 generation: 0,
@@ -204,7 +208,9 @@ impl Link {
     async fn connect_once(&self, seed: &Seed) -> Result<Connection, String> {
         let props =
             ConnectionProperties::default().with_connection_name(LongString::from(self.name.as_str()));
-        let attempt = Connection::connect_uri(seed.uri.clone(), props);
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| format!("connecting to {}: no runtime: {e}", seed.redacted))?;
+        let attempt = Connection::connect_uri_with_config(seed.uri.clone(), props, self.tls.clone(), runtime);
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(format!("connecting to {} failed: {e}", seed.redacted)),

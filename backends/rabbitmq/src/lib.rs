@@ -69,7 +69,7 @@ mod stats;
 mod topology;
 
 pub use bus::RabbitBus;
-pub use config::{QueueType, RabbitConfig, DELIVERY_LIMIT_MARGIN};
+pub use config::{QueueType, RabbitConfig, RabbitTls, DELIVERY_LIMIT_MARGIN};
 pub use stats::RabbitStats;
 
 use busline_core::{Bus, BusConfig, BusSettings, ConfigError};
@@ -90,6 +90,9 @@ pub async fn connect(config: &BusConfig) -> Result<Bus, ConfigError> {
             reason: "expected amqp://user:pass@host:port/vhost or amqps://…".into(),
         });
     }
+    // Unreadable certificate files are a configuration error, not a
+    // connection failure.
+    rabbit.tls.load().map_err(ConfigError::Invalid)?;
     let name = rabbit
         .connection_name
         .clone()

@@ -4,12 +4,19 @@
 
 use lapin::uri::AMQPUri;
 
-/// One broker to connect to.
-#[derive(Debug, Clone)]
+/// One broker to connect to. Its `Debug` shows the redacted URL only
+/// (`AMQPUri`'s own shows the password).
+#[derive(Clone)]
 pub(crate) struct Seed {
     pub(crate) uri: AMQPUri,
     /// For messages: this broker's URL without its password.
     pub(crate) redacted: String,
+}
+
+impl std::fmt::Debug for Seed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Seed({})", self.redacted)
+    }
 }
 
 /// The seeds of `url`, in the order given; `Err` (without secrets) when a
