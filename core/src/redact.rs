@@ -61,12 +61,13 @@ pub fn is_secret_key(key: &str) -> bool {
 }
 
 /// The value of configuration `key` as it may be shown: `***` for a secret
-/// key, the value with its URLs redacted otherwise (a non-secret key may
-/// still hold a URL with credentials, e.g. an OAuth endpoint).
+/// key, the value with its URL redacted if it holds one (a non-secret key
+/// may still hold a URL with credentials, e.g. an OAuth endpoint), as it
+/// is otherwise (`kafka/host@REALM` is a principal, not a secret).
 pub fn redact_value<'a>(key: &str, value: &'a str) -> Cow<'a, str> {
     if is_secret_key(key) {
         Cow::Borrowed(MASK)
-    } else if value.contains("://") || value.contains('@') {
+    } else if value.contains("://") {
         Cow::Owned(redact_url(value))
     } else {
         Cow::Borrowed(value)
@@ -371,6 +372,10 @@ mod tests {
             "https://u:***@idp/t"
         );
         assert_eq!(redact_value("linger.ms", "5"), "5");
+        assert_eq!(
+            redact_value("sasl.kerberos.principal", "kafka/h@REALM"),
+            "kafka/h@REALM"
+        );
     }
 
     #[test]
