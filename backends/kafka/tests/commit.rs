@@ -294,3 +294,72 @@ async fn mock_refused_commits_are_counted_and_sent_again() {
     drop(sub);
     bus.shutdown().await;
 }
+
+/// A subscription dropped while its deliveries are still being settled,
+/// and at once a new subscription of the same group on the same
+/// connection (a router restarted in place): the new member joins only
+/// once the leaving one has committed what it acked and closed, so nothing
+/// acked before the drop is delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_a_new_member_joins_after_the_leaving_member_of_its_group_committed() {
+    const EVENTS: u64 = 20;
+    let fixture = KafkaFixture::mock(3);
+    let kafka = fixture.connect_kafka().await;
+    let bus = Bus::new(kafka.clone(), busline_testkit::test_settings());
+    let (topic, group) = (unique("rejoin"), unique("g"));
+    bus.provision(&topic, &group).await.unwrap();
+    let events = (0..EVENTS).map(|seq| DomainEvent::new(Ping::new(seq))).collect();
+    bus.publish_batch(&topic, events).await.unwrap();
+    let options = SubscribeOptions::default().max_in_flight(EVENTS as usize);
+    let mut first = bus.subscribe(&topic, &group, options).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..EVENTS {
+        held.push(
+            within(WAIT, "the first member's deliveries", first.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // The member leaves and waits for its deliveries in flight.
+    drop(first);
+    let mut joining = tokio::spawn({
+        let (bus, topic, group) = (bus.clone(), topic.clone(), group.clone());
+        async move { bus.subscribe(&topic, &group, options).await }
+    });
+    // Held this long, the deliveries give a join that does not wait for the
+    // leaving member the time to reach the broker and start a rebalance:
+    // the mock then refuses the leaving member's commits for the whole
+    // join phase (about 9 s), and its revocation voids its later acks. A
+    // join that waits cannot finish meanwhile.
+    let early = tokio::time::timeout(Duration::from_secs(3), &mut joining).await;
+    for d in held {
+        d.ack().await.unwrap();
+    }
+    let joined = match early {
+        Ok(joined) => joined,
+        Err(_) => within(WAIT, "the second member to join", joining).await,
+    };
+    let mut second = joined.expect("the join task does not panic").unwrap();
+    bus.publish(&topic, Ping::new(EVENTS)).await.unwrap();
+    let mut again = Vec::new();
+    loop {
+        let d = within(WAIT, "the event published after the rejoin", second.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let seq = seq_of(&bus, &d);
+        d.ack().await.unwrap();
+        if seq == EVENTS {
+            break;
+        }
+        again.push(seq);
+    }
+    assert!(
+        again.is_empty(),
+        "events acked before the first subscription was dropped came again: {again:?} ({} commit failures)",
+        kafka.commit_failures()
+    );
+    drop(second);
+    bus.shutdown().await;
+}

@@ -178,6 +178,32 @@ impl Drop for Stream {
     }
 }
 
+/// Waits until the members of `group_id` on this connection that are
+/// leaving have committed and closed, at most what a shutdown gives them.
+///
+/// A member that joins while another one leaves rebalances the group under
+/// the leaving one: its final commit is then refused (librdkafka's mock
+/// refuses commits for the whole join phase, Kafka while the new generation
+/// syncs) or lands after the new member has read the committed offsets, and
+/// the new member delivers again what was acked before a graceful shutdown.
+async fn wait_for_leaving(bus: &Shared, group_id: &str) {
+    let leaving: Vec<_> = bus
+        .members
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|m| &*m.group_id == group_id && m.is_leaving() && !m.is_done())
+        .cloned()
+        .collect();
+    let limit = bus.config.drain_timeout + Duration::from_secs(10);
+    for m in leaving {
+        tracing::debug!(topic = %m.topic, group = %m.group, "waiting for the group's leaving member to commit and close");
+        if tokio::time::timeout(limit, m.finished()).await.is_err() {
+            tracing::warn!(topic = %m.topic, group = %m.group, ?limit, "the group's leaving member did not close in time; joining anyway");
+        }
+    }
+}
+
 /// Joins `group` on `topic` (already provisioned) and returns the
 /// delivery stream once the member has its first assignment.
 pub(crate) async fn join(
@@ -189,6 +215,7 @@ pub(crate) async fn join(
 ) -> Result<busline_core::Subscription, SubscribeError> {
     let (joined, mut joined_rx) = watch::channel(false);
     let group_id = crate::consumer_group_id(topic, group);
+    wait_for_leaving(&bus, &group_id).await;
     let member = Arc::new(MemberShared {
         bus: bus.clone(),
         topic: topic.into(),
