@@ -36,6 +36,14 @@ static BUFFER: OnceLock<Option<Buffer>> = OnceLock::new();
 #[derive(Clone)]
 pub struct CapturedLogs(Buffer);
 
+impl std::fmt::Debug for CapturedLogs {
+    // The lines themselves may be long; their count says enough.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = self.0 .0.lock().map(|b| b.len()).unwrap_or(0);
+        f.debug_struct("CapturedLogs").field("bytes", &bytes).finish()
+    }
+}
+
 /// Installs (once per process) a global subscriber that records every event
 /// of every target at `TRACE` level, with its fields, from every thread
 /// (librdkafka's threads included), and returns its buffer. Panics if the

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A directory of PEM files, removed when dropped.
+#[derive(Debug)]
 pub struct TestCerts {
     /// The directory holding them.
     pub dir: PathBuf,

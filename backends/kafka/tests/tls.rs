@@ -166,7 +166,7 @@ async fn events_travel_over_tls() {
     let (topic, group) = (unique("tls"), unique("g"));
     let handled = Collector::<DomainEvent<Ping>>::new();
     let router = Router::new(bus.clone(), &group)
-        .on::<Ping, _>(&topic, recorder(&handled))
+        .on(&topic, recorder(&handled))
         .start()
         .await
         .unwrap();
