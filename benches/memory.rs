@@ -48,6 +48,11 @@ struct Busline {
 
 static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
+/// The memory bus's wire mapping (its default) unless `BENCH_WIRE_MAPPING=0`.
+fn wire_mapping() -> bool {
+    std::env::var("BENCH_WIRE_MAPPING").map_or(true, |v| v != "0")
+}
+
 fn now_nanos() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
@@ -55,7 +60,7 @@ fn now_nanos() -> u64 {
 async fn busline_setup(capacity: usize) -> Busline {
     let broker = MemoryBroker::with_config(MemoryConfig {
         queue_capacity: capacity,
-        ..MemoryConfig::default()
+        wire_mapping: wire_mapping(),
     });
     let bus = Bus::new(broker.connect(), BusSettings::default().with_service("bench"));
     let done = Arc::new(Countdown::default());
@@ -208,7 +213,10 @@ async fn main() {
         .unwrap_or(500_000);
     let capacity = 100_000;
     now_nanos();
-    println!("memory bus vs raw tokio channel + serde_json, {n} events per run, 2 worker threads");
+    println!(
+        "memory bus (wire mapping {}) vs raw tokio channel + serde_json, {n} events per run, 2 worker threads",
+        if wire_mapping() { "on" } else { "off: BENCH_WIRE_MAPPING=0" }
+    );
 
     let b = busline_setup(capacity).await;
     let r = raw_setup(capacity);
@@ -278,7 +286,7 @@ async fn main() {
     let before = live_kib();
     let broker = MemoryBroker::with_config(MemoryConfig {
         queue_capacity: backlog as usize,
-        ..MemoryConfig::default()
+        wire_mapping: wire_mapping(),
     });
     let bus = Bus::new(broker.connect(), BusSettings::default().with_service("bench"));
     bus.provision("backlog", "later").await.unwrap();
