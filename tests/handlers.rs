@@ -302,3 +302,40 @@ async fn a_permanent_failure_stays_permanent_through_a_tower_stack() {
     assert!(letters[0].letter.error.contains("no such customer"));
     router.shutdown().await.unwrap();
 }
+
+/// Version 2 of an event whose upcast value cannot be serialized again.
+#[derive(Debug, serde::Deserialize)]
+struct Unencodable {
+    #[allow(dead_code)]
+    seq: u64,
+}
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this type is never written"))
+    }
+}
+
+impl busline::Event for Unencodable {
+    const TYPE: &'static str = "test.ping";
+    const VERSION: u32 = 2;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upcast_the_harness_cannot_copy_is_still_handled() {
+    // The harness asks for handled events, which re-encodes upcast values;
+    // that copy failing must not dead-letter the event.
+    let h = TestHarness::new();
+    let topic = unique("t");
+    let router = Router::new(h.bus(), "g")
+        .on(&topic, |_e: DomainEvent<Unencodable>| async {})
+        .upcast(|p: Ping| Unencodable { seq: p.seq })
+        .start()
+        .await
+        .unwrap();
+    h.bus().publish(&topic, ping(3)).await.unwrap();
+    eventually(WAIT, "the upcast ping handled", || router.stats().handled == 1).await;
+    let stats = router.shutdown().await.unwrap();
+    assert_eq!((stats.handled, stats.dead_lettered), (1, 0));
+    assert!(h.dead_lettered().is_empty());
+}

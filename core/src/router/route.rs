@@ -118,11 +118,23 @@ impl<E: Event, H: EventService<E>> Route for TypedRoute<E, H> {
             return Ok(self.handler.call(event, ctx).boxed());
         };
         if seen.version != E::VERSION {
-            seen.version = E::VERSION;
-            seen.data = Payload {
-                content_type: codecs.content_type().to_owned(),
-                bytes: codecs.encode(&data).map_err(refusal)?.into(),
-            };
+            // The copy is for observers only: an upcast value the codec
+            // cannot encode again must not refuse an event its handler can
+            // take, so the observers then see the event as it arrived.
+            match codecs.encode(&data) {
+                Ok(bytes) => {
+                    seen.version = E::VERSION;
+                    seen.data = Payload {
+                        content_type: codecs.content_type().to_owned(),
+                        bytes: bytes.into(),
+                    };
+                }
+                Err(e) => tracing::warn!(
+                    event_type = %seen.event_type,
+                    error = %e,
+                    "the upcast event could not be encoded for the router's observers"
+                ),
+            }
         }
         let (witnesses, topic, group) = (witnesses.clone(), ctx.topic_arc(), ctx.group_arc());
         let mut event = raw.map_data(|_| data);
