@@ -79,20 +79,27 @@ impl CapturedLogs {
     }
 }
 
+/// `s` with every byte but RFC 3986's unreserved ones (`A-Za-z0-9-._~`)
+/// percent-encoded: how a password goes into a URL's userinfo.
+///
+/// ```
+/// assert_eq!(busline_testkit::logs::percent_encoded("p@ss/w-d"), "p%40ss%2Fw-d");
+/// ```
+pub fn percent_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Panics naming the secret and the place if any of `secrets` (or its
 /// percent-encoded form) occurs in any of `shown` (pairs of a description
 /// and a text: captured logs, an error's `Display` and `Debug`, …).
 pub fn assert_no_secret(secrets: &[&str], shown: &[(&str, &str)]) {
     for secret in secrets {
-        let encoded: String = secret
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let encoded = percent_encoded(secret);
         for (what, text) in shown {
             for form in [*secret, encoded.as_str()] {
                 if let Some(at) = text.find(form) {

@@ -11,19 +11,10 @@ use std::time::Duration;
 use busline_core::BusConfig;
 mod common;
 
-use busline_testkit::logs::{assert_no_secret, capture};
+use busline_testkit::logs::{assert_no_secret, capture, percent_encoded};
 
 const PASSWORD: &str = "Kf7/p@ss#w?rd:x";
 const PROPERTY_PASSWORD: &str = "Kp9/pr0p#s3cret";
-
-fn encoded(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_never_show_in_logs_errors_or_configs() {
@@ -33,7 +24,10 @@ async fn passwords_never_show_in_logs_errors_or_configs() {
     let mut shown: Vec<(String, String)> = Vec::new();
     for (url, property) in [
         (format!("kafka://busline:{PASSWORD}@{hosts}"), None),
-        (format!("kafka://busline:{}@{hosts}", encoded(PASSWORD)), None),
+        (
+            format!("kafka://busline:{}@{hosts}", percent_encoded(PASSWORD)),
+            None,
+        ),
         (format!("kafka://busline:x@{hosts}"), Some(PROPERTY_PASSWORD)),
     ] {
         let mut toml = format!(

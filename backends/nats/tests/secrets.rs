@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use busline_core::BusConfig;
 use busline_testkit::brokers::answers;
-use busline_testkit::logs::{assert_no_secret, capture};
+use busline_testkit::logs::{assert_no_secret, capture, percent_encoded};
 use busline_testkit::support::eventually;
 
 const USER: &str = "busline";
@@ -66,15 +66,6 @@ impl Drop for OwnServer {
     }
 }
 
-fn encoded(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_never_show_in_logs_errors_or_configs() {
     let logs = capture();
@@ -84,7 +75,7 @@ async fn passwords_never_show_in_logs_errors_or_configs() {
 
     for url in [
         format!("nats://{USER}:{PASSWORD}@127.0.0.1:{port}"),
-        format!("nats://{USER}:{}@127.0.0.1:{port}", encoded(PASSWORD)),
+        format!("nats://{USER}:{}@127.0.0.1:{port}", percent_encoded(PASSWORD)),
     ] {
         let config = BusConfig::from_url(&url);
         let bus = tokio::time::timeout(Duration::from_secs(20), busline_nats::connect(&config))

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use busline_core::BusConfig;
 use busline_testkit::brokers::{self, Broker};
-use busline_testkit::logs::{assert_no_secret, capture};
+use busline_testkit::logs::{assert_no_secret, capture, percent_encoded};
 use busline_testkit::support::unique;
 
 const PASSWORD: &str = "Rb7/p@ss#w?rd:x,y";
@@ -54,15 +54,6 @@ impl Drop for User {
     }
 }
 
-fn encoded(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_never_show_in_logs_errors_or_configs() {
     let logs = capture();
@@ -83,7 +74,7 @@ async fn passwords_never_show_in_logs_errors_or_configs() {
 
     for url in [
         format!("amqp://{}:{PASSWORD}@{host}/%2f", user.0),
-        format!("amqp://{}:{}@{host}/%2f", user.0, encoded(PASSWORD)),
+        format!("amqp://{}:{}@{host}/%2f", user.0, percent_encoded(PASSWORD)),
     ] {
         let config = BusConfig::from_url(&url);
         let bus = tokio::time::timeout(Duration::from_secs(30), busline_rabbitmq::connect(&config))
