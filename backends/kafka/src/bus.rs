@@ -85,6 +85,7 @@ impl KafkaBus {
                 members: Default::default(),
                 commit_failures: Default::default(),
                 revocations: Default::default(),
+                unsaved: Default::default(),
             }),
         })
     }

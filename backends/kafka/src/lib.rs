@@ -34,7 +34,11 @@
 //!   dead-lettered. When a rebalance revokes partitions, it stops handing
 //!   them out, waits up to [`KafkaConfig::revoke_timeout`] for their
 //!   deliveries in flight to be settled, commits what is decided and drops
-//!   the rest (their next owner reads them again).
+//!   the rest (their next owner reads them again). A commit the broker
+//!   refuses during the rebalance is kept by the connection: its member that
+//!   is assigned the partition again starts after what was decided and
+//!   commits it (a member of another process starts at the committed
+//!   offset: at-least-once).
 //! - `nack` retries in the partition after the delay (the key waits);
 //!   `dead_letter` produces the record, headers and body byte for byte plus
 //!   `ce_deadletter…` headers, to the DLQ topic, awaits the report, then

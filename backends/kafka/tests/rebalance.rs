@@ -275,6 +275,68 @@ async fn a_dlq_reader_does_not_rebalance_the_main_subscription(fixture: KafkaFix
     bus.shutdown().await;
 }
 
+/// Events a member acked before a rebalance revoked its partitions are not
+/// delivered again when the broker refuses the commit on revocation
+/// (librdkafka's mock cluster refuses commits for the whole join phase;
+/// Kafka while the new generation syncs): the connection keeps the points
+/// and its member that gets the partitions back starts there.
+async fn acked_events_stay_settled_when_the_commit_on_revocation_is_refused(mut fixture: KafkaFixture) {
+    // Commits only on revocation: the periodic commit would otherwise save
+    // the offsets before the rebalance, and the test would show nothing.
+    fixture.kafka.commit_interval = Duration::from_secs(600);
+    let (topic, other_topic, group) = (unique("refused"), unique("refused-other"), unique("g"));
+    let kafka = fixture.connect_kafka().await;
+    let bus = Bus::new(kafka.clone(), test_settings());
+    let mut first = bus
+        .subscribe(&topic, &group, SubscribeOptions::default())
+        .await
+        .unwrap();
+    const ACKED: u64 = 5;
+    for seq in 0..ACKED {
+        bus.publish(&topic, Ping::new(seq)).await.unwrap();
+    }
+    for _ in 0..ACKED {
+        let d = within(WAIT, "the first events", first.next())
+            .await
+            .expect("the subscription is open")
+            .unwrap();
+        d.ack().await.unwrap();
+    }
+    let refused_before = kafka.commit_failures();
+    // A member of the same group on another topic: the group rebalances,
+    // and the first member's partitions are revoked and assigned again.
+    let second = bus
+        .subscribe(&other_topic, &group, SubscribeOptions::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "the first member's partitions to be revoked", || {
+        kafka.revocations() > 0
+    })
+    .await;
+    bus.publish(&topic, Ping::new(ACKED)).await.unwrap();
+    let d = within(WAIT, "the event after the rebalance", first.next())
+        .await
+        .expect("the subscription is open")
+        .unwrap();
+    let raw = d.event().unwrap().clone();
+    let ping: Ping = bus.codecs().decode(raw.content_type(), &raw.data.bytes).unwrap();
+    let refused = kafka.commit_failures() - refused_before;
+    eprintln!(
+        "{}: commits refused during the rebalance {refused}, next event {}",
+        fixture.url, ping.seq
+    );
+    assert_eq!(ping.seq, ACKED, "an event acked before the rebalance came again");
+    if fixture.mock_cluster().is_some() {
+        assert!(
+            refused > 0,
+            "the mock cluster took the commit on revocation: the case under test did not happen"
+        );
+    }
+    d.ack().await.unwrap();
+    drop((first, second));
+    bus.shutdown().await;
+}
+
 mod broker {
     use super::*;
 
@@ -286,6 +348,12 @@ mod broker {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dlq_reader_does_not_rebalance_the_main_subscription() {
         super::a_dlq_reader_does_not_rebalance_the_main_subscription(KafkaFixture::new().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acked_events_stay_settled_when_the_commit_on_revocation_is_refused() {
+        super::acked_events_stay_settled_when_the_commit_on_revocation_is_refused(KafkaFixture::new().await)
+            .await;
     }
 }
 
@@ -300,5 +368,11 @@ mod mock {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dlq_reader_does_not_rebalance_the_main_subscription() {
         super::a_dlq_reader_does_not_rebalance_the_main_subscription(KafkaFixture::mock(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acked_events_stay_settled_when_the_commit_on_revocation_is_refused() {
+        super::acked_events_stay_settled_when_the_commit_on_revocation_is_refused(KafkaFixture::mock(1))
+            .await;
     }
 }

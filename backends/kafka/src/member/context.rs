@@ -63,12 +63,24 @@ impl MemberContext {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            match at {
-                Some(o) => {
-                    any_committed = true;
+            let unsaved = m.bus.unsaved.get(&m.group_id, &m.topic, *p);
+            if at.is_some() {
+                any_committed = true;
+            }
+            match (at, unsaved) {
+                // This connection settled further than the group committed
+                // (its commit on revocation was refused): start there.
+                (at, Some(u)) if at.is_none_or(|o| u > o) => {
+                    fresh.push((*p, u));
+                    starts.push((*p, Some(u)));
+                }
+                (Some(o), unsaved) => {
+                    if unsaved.is_some() {
+                        m.bus.unsaved.saved(&m.group_id, &m.topic, *p, o);
+                    }
                     starts.push((*p, Some(o)));
                 }
-                None => match m.bus.topology.hint(&m.group_id, topic, *p) {
+                (None, _) => match m.bus.topology.hint(&m.group_id, topic, *p) {
                     Some(o) => {
                         fresh.push((*p, o));
                         starts.push((*p, Some(o)));
@@ -112,7 +124,12 @@ impl MemberContext {
             match consumer.commit(&tpl, CommitMode::Sync) {
                 // Committed: from now on the broker knows, and a hint would
                 // only be stale once these offsets expire.
-                Ok(()) => m.bus.topology.forget_hints(&m.group_id, topic),
+                Ok(()) => {
+                    m.bus.topology.forget_hints(&m.group_id, topic);
+                    for (p, o) in &fresh {
+                        m.bus.unsaved.saved(&m.group_id, &m.topic, *p, *o);
+                    }
+                }
                 Err(e) => m.commit_failed(
                     "commit of the group's start offsets",
                     &poller::partitions(&tpl, topic),
@@ -186,9 +203,25 @@ impl MemberContext {
         }
         tracing::debug!(topic = %m.topic, group = %m.group, ?partitions, "revoked");
         if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                // The partitions are gone: the next owner may redeliver.
-                m.commit_failed("commit on revocation", partitions, &e);
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    for e in tpl.elements_for_topic(&m.topic) {
+                        if let Offset::Offset(o) = e.offset() {
+                            m.bus.unsaved.saved(&m.group_id, &m.topic, e.partition(), o);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The partitions are gone: keep the points for this
+                    // connection's next owner of them; another process's
+                    // member delivers again from the committed offset.
+                    for el in tpl.elements_for_topic(&m.topic) {
+                        if let Offset::Offset(o) = el.offset() {
+                            m.bus.unsaved.keep(&m.group_id, &m.topic, el.partition(), o);
+                        }
+                    }
+                    m.commit_failed("commit on revocation", partitions, &e);
+                }
             }
         }
         m.wake();
