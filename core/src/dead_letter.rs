@@ -69,6 +69,18 @@ pub enum DeadLetterReason {
     UnparseableMessage,
     /// Decoding or upcasting the event panicked before any handler ran.
     Panic,
+    /// The event carries no signature where the consumer requires one
+    /// (busline-layers' `SignedBus`).
+    Unsigned,
+    /// The event's signature does not match its attributes and payload: it
+    /// was altered after signing, or signed with another key of that id.
+    BadSignature,
+    /// The event names a signing key the consumer does not know (not yet
+    /// rolled out, or retired).
+    UnknownKey,
+    /// The signing key is valid but may not sign this event's `source` or
+    /// `type`.
+    KeyNotAllowed,
 }
 
 impl DeadLetterReason {
@@ -86,10 +98,14 @@ impl DeadLetterReason {
             Self::TooLarge => "too_large",
             Self::UnparseableMessage => "unparseable_message",
             Self::Panic => "panic",
+            Self::Unsigned => "unsigned",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::KeyNotAllowed => "key_not_allowed",
         }
     }
 
-    const ALL: [DeadLetterReason; 11] = [
+    const ALL: [DeadLetterReason; 15] = [
         Self::MaxAttemptsExceeded,
         Self::PermanentError,
         Self::MalformedEnvelope,
@@ -101,6 +117,10 @@ impl DeadLetterReason {
         Self::TooLarge,
         Self::UnparseableMessage,
         Self::Panic,
+        Self::Unsigned,
+        Self::BadSignature,
+        Self::UnknownKey,
+        Self::KeyNotAllowed,
     ];
 }
 

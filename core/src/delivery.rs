@@ -173,6 +173,12 @@ impl Delivery {
         &self.acker.group
     }
 
+    /// Puts a delivery together again from its parts, for decorators of a
+    /// bus that replace the event (a signature check that refuses it).
+    pub fn from_parts(event: Result<RawEvent, EnvelopeError>, acker: Acker) -> Self {
+        Self { event, acker }
+    }
+
     /// Separates the event from its settle handle.
     pub fn into_parts(self) -> (Result<RawEvent, EnvelopeError>, Acker) {
         (self.event, self.acker)

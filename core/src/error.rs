@@ -49,6 +49,16 @@ pub enum EnvelopeError {
     /// The message claims a CloudEvents version other than 1.0.
     #[error("unsupported CloudEvents specversion `{0}` (expected 1.0)")]
     UnsupportedSpecVersion(String),
+    /// A decorator of the bus refused an envelope that reads well (the
+    /// signature check of busline-layers' `SignedBus`); the router
+    /// dead-letters the delivery under `reason`.
+    #[error("{detail}")]
+    Refused {
+        /// The dead-letter reason the refusal asks for.
+        reason: crate::DeadLetterReason,
+        /// Why, for the dead letter's error text.
+        detail: String,
+    },
 }
 
 impl EnvelopeError {

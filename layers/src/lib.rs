@@ -16,7 +16,8 @@
 //!
 //! Publisher side (bus decorators): [`GuardedBus`] (timeout, retry, circuit
 //! breaker), [`TracingBus`], [`MetricsBus`]; [`instrument`] applies the last
-//! two.
+//! two. `signing::SignedBus` (feature `signing`) signs what a service
+//! publishes and refuses what no trusted key signed.
 //!
 //! Per-handler retry policies are core's `Router::on_with` with
 //! `HandlerOptions`.
@@ -52,6 +53,9 @@ pub mod otel;
 pub mod postgres;
 pub mod publisher;
 pub mod rate_limit;
+#[cfg(feature = "signing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signing")))]
+pub mod signing;
 mod stack;
 pub mod timeout;
 pub mod tracing;

@@ -20,7 +20,9 @@ use futures::FutureExt;
 use super::shared::{RouteTable, Shared};
 use super::{Context, FailureKind, HandlerError};
 use crate::observe::{Outcome, Settled, SKIP_UNKNOWN_EVENT_TYPE};
-use crate::{Acker, DeadLetterReason, Delivery, RetryDecision, RetryPolicy, UnknownEventAction};
+use crate::{
+    Acker, DeadLetterReason, Delivery, EnvelopeError, RetryDecision, RetryPolicy, UnknownEventAction,
+};
 
 /// How a delivery is settled.
 pub(crate) enum Decision {
@@ -53,8 +55,12 @@ pub(crate) fn begin(delivery: Delivery, topic: &Arc<str>, routes: &RouteTable, s
     let raw = match event {
         Ok(raw) => raw,
         Err(e) => {
+            let reason = match &e {
+                EnvelopeError::Refused { reason, .. } => *reason,
+                _ => DeadLetterReason::MalformedEnvelope,
+            };
             let decision = Decision::DeadLetter {
-                reason: DeadLetterReason::MalformedEnvelope,
+                reason,
                 error: e.to_string(),
             };
             return Start::Settle(acker, decision);
