@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use busline::memory::MemoryBroker;
 use busline::{
-    async_trait, Bus, Capabilities, ConsumeError, ConsumeErrorKind, Context, DeadLetterReason, DomainEvent,
-    EventBus, HandlerError, PublishError, RawEvent, Router, RouterError, SubscribeError, SubscribeOptions,
-    Subscription, SubscriptionState,
+    async_trait, Bus, BusDecorator, ConsumeError, ConsumeErrorKind, Context, DeadLetterReason, DomainEvent,
+    EventBus, HandlerError, Router, RouterError, SubscribeError, SubscribeOptions, Subscription,
+    SubscriptionState,
 };
 use busline_testkit::events::{Order, OrderV1, Ping};
 use busline_testkit::support::{eventually, within, Collector, WAIT};
@@ -118,24 +118,19 @@ enum Breakage {
 /// The memory bus, with every subscription passed through `rewire`: the
 /// broken backends of these tests.
 struct Rewired {
-    inner: busline::memory::MemoryBus,
+    inner: Arc<dyn EventBus>,
     rewire: Box<Rewire>,
 }
 
 type Rewire = dyn Fn(&str, Subscription) -> Subscription + Send + Sync;
 
 #[async_trait]
-impl EventBus for Rewired {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+impl BusDecorator for Rewired {
+    fn inner(&self) -> &Arc<dyn EventBus> {
+        &self.inner
     }
-    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
-        self.inner.publish(topic, event).await
-    }
-    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
-        self.inner.provision(topic, group).await
-    }
-    async fn subscribe(
+
+    async fn on_subscribe(
         &self,
         topic: &str,
         group: &str,
@@ -143,9 +138,6 @@ impl EventBus for Rewired {
     ) -> Result<Subscription, SubscribeError> {
         let sub = self.inner.subscribe(topic, group, options).await?;
         Ok((self.rewire)(topic, sub))
-    }
-    async fn shutdown(&self) {
-        self.inner.shutdown().await
     }
 }
 
@@ -175,7 +167,7 @@ async fn run_broken(breakage: Breakage) -> (RouterError, Vec<u64>) {
     let broker = MemoryBroker::new();
     let bus = Bus::new(
         Rewired {
-            inner: broker.connect(),
+            inner: Arc::new(broker.connect()),
             rewire: Box::new(move |topic, sub| breaking(breakage, 2, topic, sub)),
         },
         test_settings(),
@@ -315,7 +307,7 @@ async fn shutdown_returns_within_its_deadline_when_settling_hangs() {
     let broker = MemoryBroker::new();
     let bus = Bus::new(
         Rewired {
-            inner: broker.connect(),
+            inner: Arc::new(broker.connect()),
             rewire: Box::new(unanswering),
         },
         test_settings(),

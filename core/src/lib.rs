@@ -66,7 +66,7 @@ pub use router::{
     Incoming, IntoHandlerResult, Layer, Router, RouterError, RouterHealth, RouterStats, RunningRouter, Stack,
     State, SubscriptionHealth, SubscriptionState, Topic, TowerLayer, TowerService,
 };
-pub use transport::{Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
+pub use transport::{BusDecorator, Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
 
 /// Re-exported for backends implementing [`EventBus`] and [`Acknowledge`].
 pub use async_trait::async_trait;

@@ -56,6 +56,96 @@ pub trait EventBus: Send + Sync + 'static {
     async fn shutdown(&self);
 }
 
+/// An [`EventBus`] wrapped around another one, changing some of its calls
+/// (tracing, metrics, publish guards, signatures, test doubles).
+///
+/// Every type that implements it is an `EventBus`: `publish`,
+/// `publish_batch` and `subscribe` go through the hooks below, which
+/// forward to [`inner`](Self::inner) unless overridden; `capabilities`,
+/// `provision` and `shutdown` are the inner bus's. So a decorator states
+/// only what it changes.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use busline_core::{async_trait, BusDecorator, EventBus, PublishError, RawEvent};
+///
+/// /// Counts publishes.
+/// struct Counted {
+///     inner: Arc<dyn EventBus>,
+///     published: AtomicU64,
+/// }
+///
+/// #[async_trait]
+/// impl BusDecorator for Counted {
+///     fn inner(&self) -> &Arc<dyn EventBus> {
+///         &self.inner
+///     }
+///
+///     async fn on_publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+///         self.published.fetch_add(1, Ordering::Relaxed);
+///         self.inner.publish(topic, event).await
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait BusDecorator: Send + Sync + 'static {
+    /// The decorated bus.
+    fn inner(&self) -> &std::sync::Arc<dyn EventBus>;
+
+    /// [`EventBus::publish`] of the decorator.
+    async fn on_publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+        self.inner().publish(topic, event).await
+    }
+
+    /// [`EventBus::publish_batch`] of the decorator.
+    async fn on_publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+        self.inner().publish_batch(topic, events).await
+    }
+
+    /// [`EventBus::subscribe`] of the decorator.
+    async fn on_subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        self.inner().subscribe(topic, group, options).await
+    }
+}
+
+#[async_trait]
+impl<D: BusDecorator> EventBus for D {
+    fn capabilities(&self) -> Capabilities {
+        self.inner().capabilities()
+    }
+
+    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+        self.on_publish(topic, event).await
+    }
+
+    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+        self.on_publish_batch(topic, events).await
+    }
+
+    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        self.inner().provision(topic, group).await
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        self.on_subscribe(topic, group, options).await
+    }
+
+    async fn shutdown(&self) {
+        self.inner().shutdown().await
+    }
+}
+
 /// What a backend can promise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -30,9 +30,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use busline_core::{
-    Capabilities, Context, DomainEvent, Event, EventBus, EventService, FailureKind, Gate, HandlerError,
-    Layer, Outcome, PublishError, PublishErrorKind, RawEvent, RouterObserver, Settled, SubscribeError,
-    SubscribeOptions, Subscription,
+    BusDecorator, Context, DomainEvent, Event, EventBus, EventService, FailureKind, Gate, HandlerError,
+    Layer, Outcome, PublishError, PublishErrorKind, RawEvent, RouterObserver, Settled,
 };
 use metrics::{Counter, Gauge, Histogram};
 use pin_project_lite::pin_project;
@@ -332,40 +331,23 @@ impl MetricsBus {
 }
 
 #[async_trait]
-impl EventBus for MetricsBus {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+impl BusDecorator for MetricsBus {
+    fn inner(&self) -> &Arc<dyn EventBus> {
+        &self.inner
     }
 
-    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+    async fn on_publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
         let started = Instant::now();
         let result = self.inner.publish(topic, event).await;
         self.record(topic, 1, started, &result);
         result
     }
 
-    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+    async fn on_publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
         let started = Instant::now();
         let n = events.len() as u64;
         let result = self.inner.publish_batch(topic, events).await;
         self.record(topic, n, started, &result);
         result
-    }
-
-    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
-        self.inner.provision(topic, group).await
-    }
-
-    async fn subscribe(
-        &self,
-        topic: &str,
-        group: &str,
-        options: SubscribeOptions,
-    ) -> Result<Subscription, SubscribeError> {
-        self.inner.subscribe(topic, group, options).await
-    }
-
-    async fn shutdown(&self) {
-        self.inner.shutdown().await
     }
 }

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use busline_core::{
-    Bus, Capabilities, EventBus, PublishError, PublishErrorKind, RawEvent, RetryDecision, RetryPolicy,
-    SubscribeError, SubscribeOptions, Subscription,
+    Bus, BusDecorator, EventBus, PublishError, PublishErrorKind, RawEvent, RetryDecision, RetryPolicy,
 };
 use tokio::time::Instant;
 
@@ -319,35 +318,18 @@ impl Drop for ProbeGuard<'_> {
 }
 
 #[async_trait]
-impl EventBus for GuardedBus {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+impl BusDecorator for GuardedBus {
+    fn inner(&self) -> &Arc<dyn EventBus> {
+        &self.inner
     }
 
-    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+    async fn on_publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
         self.attempt(topic, || self.inner.publish(topic, event.clone()))
             .await
     }
 
-    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+    async fn on_publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
         self.attempt(topic, || self.inner.publish_batch(topic, events.clone()))
             .await
-    }
-
-    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
-        self.inner.provision(topic, group).await
-    }
-
-    async fn subscribe(
-        &self,
-        topic: &str,
-        group: &str,
-        options: SubscribeOptions,
-    ) -> Result<Subscription, SubscribeError> {
-        self.inner.subscribe(topic, group, options).await
-    }
-
-    async fn shutdown(&self) {
-        self.inner.shutdown().await
     }
 }

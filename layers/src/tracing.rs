@@ -26,8 +26,8 @@ use std::task::{Context as TaskContext, Poll};
 
 use async_trait::async_trait;
 use busline_core::{
-    Capabilities, Context, DomainEvent, Event, EventBus, EventService, Gate, HandlerError, Layer,
-    PublishError, RawEvent, SubscribeError, SubscribeOptions, Subscription,
+    BusDecorator, Context, DomainEvent, Event, EventBus, EventService, Gate, HandlerError, Layer,
+    PublishError, RawEvent,
 };
 use pin_project_lite::pin_project;
 use tracing::{Instrument, Span};
@@ -374,12 +374,12 @@ fn publish_context(_span: &Span, parent: Option<TraceContext>) -> TraceContext {
 }
 
 #[async_trait]
-impl EventBus for TracingBus {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+impl BusDecorator for TracingBus {
+    fn inner(&self) -> &Arc<dyn EventBus> {
+        &self.inner
     }
 
-    async fn publish(&self, topic: &str, mut event: RawEvent) -> Result<(), PublishError> {
+    async fn on_publish(&self, topic: &str, mut event: RawEvent) -> Result<(), PublishError> {
         let span = self.prepare(topic, &mut event);
         let result = self.inner.publish(topic, event).instrument(span.clone()).await;
         if let Err(e) = &result {
@@ -388,7 +388,7 @@ impl EventBus for TracingBus {
         result
     }
 
-    async fn publish_batch(&self, topic: &str, mut events: Vec<RawEvent>) -> Result<(), PublishError> {
+    async fn on_publish_batch(&self, topic: &str, mut events: Vec<RawEvent>) -> Result<(), PublishError> {
         let spans: Vec<Span> = events.iter_mut().map(|e| self.prepare(topic, e)).collect();
         let result = self.inner.publish_batch(topic, events).await;
         if let Err(e) = &result {
@@ -397,22 +397,5 @@ impl EventBus for TracingBus {
             }
         }
         result
-    }
-
-    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
-        self.inner.provision(topic, group).await
-    }
-
-    async fn subscribe(
-        &self,
-        topic: &str,
-        group: &str,
-        options: SubscribeOptions,
-    ) -> Result<Subscription, SubscribeError> {
-        self.inner.subscribe(topic, group, options).await
-    }
-
-    async fn shutdown(&self) {
-        self.inner.shutdown().await
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use busline::{
-    async_trait, Bus, Capabilities, Context, DomainEvent, EventBus, HandlerError, PublishError, RawEvent,
-    Router, SubscribeError, SubscribeOptions, Subscription,
+    async_trait, Bus, BusDecorator, Context, DomainEvent, EventBus, HandlerError, PublishError, RawEvent,
+    Router, SubscribeOptions, Subscription,
 };
 use busline_outbox::{Inbox, Outbox, OutboxTables, Relay, RelayOptions};
 use busline_testkit::brokers::{find, Broker};
@@ -304,31 +304,14 @@ const CHILD_ENV: &str = "BUSLINE_OUTBOX_CHILD";
 struct SlowBroker(Arc<dyn EventBus>);
 
 #[async_trait]
-impl EventBus for SlowBroker {
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
+impl BusDecorator for SlowBroker {
+    fn inner(&self) -> &Arc<dyn EventBus> {
+        &self.0
     }
 
-    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+    async fn on_publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.0.publish(topic, event).await
-    }
-
-    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
-        self.0.provision(topic, group).await
-    }
-
-    async fn subscribe(
-        &self,
-        topic: &str,
-        group: &str,
-        options: SubscribeOptions,
-    ) -> Result<Subscription, SubscribeError> {
-        self.0.subscribe(topic, group, options).await
-    }
-
-    async fn shutdown(&self) {
-        self.0.shutdown().await
     }
 }
 
@@ -601,4 +584,40 @@ async fn a_commit_wakes_the_relay_without_polling() {
     }
     relay.shutdown().await.unwrap();
     bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_shipped_migrations_run_with_sqlx_migrate() {
+    let pool = pool().await;
+    let schema = unique("migrations").replace('-', "_");
+    let mut conn = pool.acquire().await.unwrap();
+    // A schema of this test's own: the migration creates the default names.
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}; SET search_path TO {schema}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let migrator = sqlx::migrate::Migrator::new(dir).await.unwrap();
+    migrator.run(&mut *conn).await.unwrap();
+    migrator.run(&mut *conn).await.expect("a second run does nothing");
+    let (outbox, inbox): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT to_regclass($1)::text, to_regclass($2)::text")
+            .bind(format!("{schema}.busline_outbox"))
+            .bind(format!("{schema}.busline_inbox"))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert!(outbox.is_some() && inbox.is_some(), "{outbox:?} {inbox:?}");
+    // The schema `install` would create for the default names matches it:
+    // installing over the migrated tables changes nothing.
+    sqlx::raw_sql(&OutboxTables::default().schema())
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // Not back into the pool with another search path.
+    conn.detach();
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use busline_core::{
-    async_trait, Acker, Acknowledge, Bus, BusSettings, Capabilities, DeadLetter, Delivery, DomainEvent,
+    async_trait, Acker, Acknowledge, Bus, BusDecorator, BusSettings, DeadLetter, Delivery, DomainEvent,
     EnvelopeError, Event, EventBus, Handled, PublishError, RawEvent, RouterObserver, SettleError, Settled,
     SubscribeError, SubscribeOptions, Subscription,
 };
@@ -245,12 +245,12 @@ struct RecordingBus {
 }
 
 #[async_trait]
-impl EventBus for RecordingBus {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+impl BusDecorator for RecordingBus {
+    fn inner(&self) -> &Arc<dyn EventBus> {
+        &self.inner
     }
 
-    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+    async fn on_publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
         let copy = event.clone();
         self.inner.publish(topic, event).await?;
         self.recording
@@ -258,7 +258,7 @@ impl EventBus for RecordingBus {
         Ok(())
     }
 
-    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+    async fn on_publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
         let copies = events.clone();
         self.inner.publish_batch(topic, events).await?;
         self.recording.update(|r| {
@@ -268,11 +268,7 @@ impl EventBus for RecordingBus {
         Ok(())
     }
 
-    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
-        self.inner.provision(topic, group).await
-    }
-
-    async fn subscribe(
+    async fn on_subscribe(
         &self,
         topic: &str,
         group: &str,
@@ -293,10 +289,6 @@ impl EventBus for RecordingBus {
                 Delivery::new(event, attempt, topic, group, Box::new(recorder))
             })
         })))
-    }
-
-    async fn shutdown(&self) {
-        self.inner.shutdown().await
     }
 }
 

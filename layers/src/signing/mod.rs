@@ -49,7 +49,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use busline_core::wire::{decode_structured, encode_structured, is_structured};
 use busline_core::{
-    Bus, Capabilities, DeadLetterReason, Delivery, EnvelopeError, EventBus, PublishError, PublishErrorKind,
+    Bus, BusDecorator, DeadLetterReason, Delivery, EnvelopeError, EventBus, PublishError, PublishErrorKind,
     RawEvent, SubscribeError, SubscribeOptions, Subscription,
 };
 use futures::StreamExt;
@@ -191,17 +191,17 @@ fn checked(keyring: &Keyring, delivery: Delivery) -> Delivery {
 }
 
 #[async_trait]
-impl EventBus for SignedBus {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+impl BusDecorator for SignedBus {
+    fn inner(&self) -> &Arc<dyn EventBus> {
+        &self.inner
     }
 
-    async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
+    async fn on_publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
         let event = self.sign(topic, event)?;
         self.inner.publish(topic, event).await
     }
 
-    async fn publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
+    async fn on_publish_batch(&self, topic: &str, events: Vec<RawEvent>) -> Result<(), PublishError> {
         let events = events
             .into_iter()
             .map(|e| self.sign(topic, e))
@@ -209,11 +209,7 @@ impl EventBus for SignedBus {
         self.inner.publish_batch(topic, events).await
     }
 
-    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
-        self.inner.provision(topic, group).await
-    }
-
-    async fn subscribe(
+    async fn on_subscribe(
         &self,
         topic: &str,
         group: &str,
@@ -224,9 +220,5 @@ impl EventBus for SignedBus {
         Ok(Subscription::new(
             deliveries.map(move |d| d.map(|d| checked(&keyring, d))),
         ))
-    }
-
-    async fn shutdown(&self) {
-        self.inner.shutdown().await
     }
 }
