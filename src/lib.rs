@@ -32,7 +32,8 @@
 //! Backends are cargo features: `memory` (default), `rabbitmq`, `nats`,
 //! `kafka`; codecs: `json` (default), `msgpack` (default); the resilience and
 //! observability layers of [`layers`]: `layers` (default), `postgres`,
-//! `opentelemetry`.
+//! `opentelemetry`, `signing`; the transactional outbox and inbox on
+//! PostgreSQL: `outbox`.
 
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -58,6 +59,10 @@ pub use busline_layers as layers;
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub use busline_kafka as kafka;
+
+#[cfg(feature = "outbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
+pub use busline_outbox as outbox;
 
 /// Connects the backend the configuration's URL names.
 ///
