@@ -106,20 +106,34 @@ impl Outbox {
         Ok(())
     }
 
-    /// How many rows wait, and for how long the oldest has.
+    /// How many rows wait, and for how long the oldest has (10 s at most,
+    /// then a `Database` error).
     pub async fn pending(&self, pool: &sqlx::PgPool) -> Result<Pending, OutboxError> {
-        let (rows, oldest, parked): (i64, Option<f64>, i64) = sqlx::query_as(&format!(
-            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8, \
-             count(*) FILTER (WHERE lease_until = 'infinity') FROM {}",
-            self.tables.outbox()
-        ))
-        .fetch_one(pool)
-        .await
-        .map_err(OutboxError::database)?;
-        Ok(Pending {
-            rows: rows.max(0) as u64,
-            oldest: Duration::from_secs_f64(oldest.unwrap_or(0.0).max(0.0)),
-            parked: parked.max(0) as u64,
-        })
+        pending_of(pool, &self.tables, Duration::from_secs(10)).await
     }
+}
+
+/// [`Outbox::pending`] of `tables`, within `limit`.
+pub(crate) async fn pending_of(
+    pool: &sqlx::PgPool,
+    tables: &OutboxTables,
+    limit: Duration,
+) -> Result<Pending, OutboxError> {
+    let query = format!(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8, \
+         count(*) FILTER (WHERE lease_until = 'infinity') FROM {}",
+        tables.outbox()
+    );
+    let row: (i64, Option<f64>, i64) = tokio::time::timeout(limit, sqlx::query_as(&query).fetch_one(pool))
+        .await
+        .map_err(|_| {
+            OutboxError::new(OutboxErrorKind::Database).with_source(format!("no answer within {limit:?}"))
+        })?
+        .map_err(OutboxError::database)?;
+    let (rows, oldest, parked) = row;
+    Ok(Pending {
+        rows: rows.max(0) as u64,
+        oldest: Duration::from_secs_f64(oldest.unwrap_or(0.0).max(0.0)),
+        parked: parked.max(0) as u64,
+    })
 }

@@ -155,13 +155,46 @@ impl Counters {
     }
 }
 
+/// What the relay reports through the `metrics` facade, labelled
+/// `outbox = <table>` (see [`Relay`]).
+struct Meters {
+    published: metrics::Counter,
+    failed: metrics::Counter,
+    parked: metrics::Counter,
+    pending: metrics::Gauge,
+    oldest: metrics::Gauge,
+    parked_rows: metrics::Gauge,
+}
+
+impl Meters {
+    fn new(outbox: &str) -> Self {
+        let labels = [("outbox", outbox.to_owned())];
+        Self {
+            published: metrics::counter!("busline_outbox_published_total", &labels),
+            failed: metrics::counter!("busline_outbox_publish_failures_total", &labels),
+            parked: metrics::counter!("busline_outbox_parked_total", &labels),
+            pending: metrics::gauge!("busline_outbox_pending_rows", &labels),
+            oldest: metrics::gauge!("busline_outbox_oldest_seconds", &labels),
+            parked_rows: metrics::gauge!("busline_outbox_parked_rows", &labels),
+        }
+    }
+}
+
 /// Publishes committed outbox rows (see the [module docs](self)).
+///
+/// Metrics (through the `metrics` facade, label `outbox`):
+/// `busline_outbox_published_total`, `busline_outbox_publish_failures_total`,
+/// `busline_outbox_parked_total` (counters), and, sampled at most once per
+/// `poll_interval`, `busline_outbox_pending_rows`,
+/// `busline_outbox_oldest_seconds` (the lag) and `busline_outbox_parked_rows`
+/// (gauges).
 pub struct Relay {
     pool: PgPool,
     bus: Bus,
     tables: OutboxTables,
     options: RelayOptions,
     counters: Arc<Counters>,
+    meters: Meters,
     claim: String,
     delete: String,
     retry: String,
@@ -225,6 +258,7 @@ impl Relay {
              WHERE o.seq = f.seq AND o.lease_token = $2"
         );
         Self {
+            meters: Meters::new(tables.outbox()),
             pool,
             bus,
             tables,
@@ -281,9 +315,14 @@ impl Relay {
         let mut listener = self.listen().await;
         let (first, longest) = self.options.backoff;
         let mut backoff = first;
+        let mut sampled: Option<tokio::time::Instant> = None;
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if sampled.is_none_or(|at| at.elapsed() >= self.options.poll_interval) {
+                sampled = Some(tokio::time::Instant::now());
+                self.sample().await;
             }
             let wait = match self.round(backoff).await {
                 Ok((claimed, 0)) => {
@@ -338,6 +377,21 @@ impl Relay {
         }
     }
 
+    /// Sets the pending, lag and parked gauges.
+    async fn sample(&self) {
+        match crate::outbox::pending_of(&self.pool, &self.tables, self.options.statement_timeout).await {
+            Ok(p) => {
+                self.meters.pending.set(p.rows as f64);
+                self.meters.oldest.set(p.oldest.as_secs_f64());
+                self.meters.parked_rows.set(p.parked as f64);
+            }
+            Err(e) => {
+                self.counters.database_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "outbox relay: cannot sample the pending rows");
+            }
+        }
+    }
+
     /// One round: (rows claimed, rows whose publish failed).
     async fn round(&self, backoff: Duration) -> Result<(usize, usize), String> {
         let token = fastrand::i64(1..);
@@ -386,9 +440,11 @@ impl Relay {
             )
             .await?;
             c.published.fetch_add(done.len() as u64, Ordering::Relaxed);
+            self.meters.published.increment(done.len() as u64);
         }
         if !retry.0.is_empty() {
             c.retried.fetch_add(retry.0.len() as u64, Ordering::Relaxed);
+            self.meters.failed.increment(retry.0.len() as u64);
             self.db(
                 "releasing failed rows",
                 sqlx::query(&self.retry)
@@ -402,6 +458,7 @@ impl Relay {
         }
         if !park.0.is_empty() {
             c.parked.fetch_add(park.0.len() as u64, Ordering::Relaxed);
+            self.meters.parked.increment(park.0.len() as u64);
             self.db(
                 "parking rows",
                 sqlx::query(&self.park)

@@ -621,3 +621,50 @@ async fn the_shipped_migrations_run_with_sqlx_migrate() {
     // Not back into the pool with another search path.
     conn.detach();
 }
+
+#[tokio::test]
+async fn the_relay_reports_what_it_published_and_what_waits() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    // The test's runtime runs the relay on this thread, and the relay's
+    // meters are made under this recorder.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let (pool, bus) = (pool().await, connect(Broker::Nats).await);
+    let tables = tables(&pool).await;
+    let topic = unique("metrics");
+    bus.provision(&topic, "g").await.unwrap();
+    let outbox = Outbox::new(bus.clone(), tables.clone());
+    let mut tx = pool.begin().await.unwrap();
+    for seq in 0..3 {
+        outbox.publish(&mut tx, &topic, Ping::new(seq)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    // One sample when it starts (three rows waiting), the next in an hour.
+    let options = RelayOptions::default().with_poll_interval(Duration::from_secs(3600));
+    let relay = Relay::new(pool.clone(), bus.clone(), tables.clone(), options).start();
+    eventually(WAIT, "the three rows published", || relay.stats().published == 3).await;
+    relay.shutdown().await.unwrap();
+    let mut seen = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let (_, key) = key.into_parts();
+        if key
+            .labels()
+            .any(|l| l.key() == "outbox" && l.value() == tables.outbox())
+        {
+            seen.insert(key.name().to_owned(), value);
+        }
+    }
+    let get = |name: &str| {
+        seen.get(name)
+            .unwrap_or_else(|| panic!("no {name} for this outbox: {seen:?}"))
+    };
+    assert_eq!(get("busline_outbox_published_total"), &DebugValue::Counter(3));
+    assert_eq!(get("busline_outbox_pending_rows"), &DebugValue::Gauge(3.0.into()));
+    assert_eq!(get("busline_outbox_parked_rows"), &DebugValue::Gauge(0.0.into()));
+    match get("busline_outbox_oldest_seconds") {
+        DebugValue::Gauge(age) => assert!(age.into_inner() > 0.0, "lag {age}"),
+        other => panic!("lag is {other:?}"),
+    }
+    bus.shutdown().await;
+}
