@@ -92,6 +92,16 @@ pub enum PublishErrorKind {
     Other,
 }
 
+impl PublishErrorKind {
+    /// Whether a publish that failed this way may pass if tried again: no
+    /// confirmation in time, a broken connection, an unclassified broker
+    /// error. Encoding errors, invalid envelopes, unroutable events,
+    /// rejections and a closed bus are not retried.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::Timeout | Self::Connection | Self::Other)
+    }
+}
+
 impl fmt::Display for PublishErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -33,15 +33,10 @@ pub fn is_circuit_open(error: &PublishError) -> bool {
 #[error("no confirmation within {0:?}")]
 pub struct PublishTimedOut(pub Duration);
 
-/// Whether a failed publish may pass if tried again: no confirmation in
-/// time, a broken connection, or an unclassified broker error. Encoding
-/// errors, invalid envelopes, unroutable events, rejections and a closed bus
-/// are not retried.
+/// Whether a failed publish may pass if tried again
+/// ([`PublishErrorKind::is_transient`]).
 pub fn is_transient(kind: PublishErrorKind) -> bool {
-    matches!(
-        kind,
-        PublishErrorKind::Timeout | PublishErrorKind::Connection | PublishErrorKind::Other
-    )
+    kind.is_transient()
 }
 
 /// How a [`GuardedBus`] publishes.

@@ -49,6 +49,18 @@ async fn place_order(pool: &PgPool, outbox: &Outbox, order_id: &str, commit: boo
     Ok(())
 }
 
+/// Waits (at most 30 s) until `n` reservations are made.
+async fn until_reserved(pool: &PgPool, n: i32) -> Result<(), Error> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while reserved(pool).await? < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .map_err(|_| format!("{n} reservations not made within 30 s"))?
+}
+
 async fn reserved(pool: &PgPool) -> Result<i32, Error> {
     let (n,): (i32,) = sqlx::query_as("SELECT reserved FROM shop_stock WHERE sku = 'sku-1'")
         .fetch_one(pool)
@@ -113,9 +125,7 @@ async fn main() -> Result<(), Error> {
     place_order(&pool, &outbox, "o-1", true).await?;
     place_order(&pool, &outbox, "o-2", false).await?; // rolled back: no event
     place_order(&pool, &outbox, "o-3", true).await?;
-    while reserved(&pool).await? < 2 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_reserved(&pool, 2).await?;
 
     // The relay goes away; orders keep committing into the outbox.
     let stats = relay.shutdown().await?;
@@ -124,9 +134,7 @@ async fn main() -> Result<(), Error> {
     println!("waiting in the outbox: {:?}", outbox.pending(&pool).await?);
 
     let relay = Relay::new(pool.clone(), bus.clone(), tables, options).start();
-    while reserved(&pool).await? < 3 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_reserved(&pool, 3).await?;
     relay.shutdown().await?;
     inventory.shutdown().await?;
     bus.shutdown().await;

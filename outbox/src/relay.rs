@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use busline_core::{Bus, PublishErrorKind};
+use busline_core::Bus;
 use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -197,8 +197,7 @@ pub struct Relay {
     meters: Meters,
     claim: String,
     delete: String,
-    retry: String,
-    park: String,
+    release: String,
 }
 
 impl std::fmt::Debug for Relay {
@@ -220,15 +219,6 @@ enum Fate {
     Park(i64, String),
 }
 
-/// Whether another try may pass: no confirmation in time, a broken
-/// connection, an unclassified broker error.
-fn is_transient(kind: PublishErrorKind) -> bool {
-    matches!(
-        kind,
-        PublishErrorKind::Timeout | PublishErrorKind::Connection | PublishErrorKind::Other
-    )
-}
-
 impl Relay {
     /// A relay of `tables` onto `bus`.
     pub fn new(pool: PgPool, bus: Bus, tables: OutboxTables, options: RelayOptions) -> Self {
@@ -246,15 +236,13 @@ impl Relay {
              RETURNING o.seq, o.topic, o.headers, o.body"
         );
         let delete = format!("DELETE FROM {t} WHERE seq = ANY($1) AND lease_token = $2");
-        let retry = format!(
-            "UPDATE {t} o SET lease_token = NULL, lease_until = now() + make_interval(secs => $3), \
-                 last_error = f.error \
+        // A failed row goes back with its error: for another try after a
+        // delay ($3 seconds), or parked for good ($3 NULL).
+        let release = format!(
+            "UPDATE {t} o SET lease_token = NULL, last_error = f.error, \
+                 lease_until = CASE WHEN $3::float8 IS NULL THEN 'infinity'::timestamptz \
+                     ELSE now() + make_interval(secs => $3::float8) END \
              FROM unnest($1::bigint[], $4::text[]) AS f(seq, error) \
-             WHERE o.seq = f.seq AND o.lease_token = $2"
-        );
-        let park = format!(
-            "UPDATE {t} o SET lease_token = NULL, lease_until = 'infinity', last_error = f.error \
-             FROM unnest($1::bigint[], $3::text[]) AS f(seq, error) \
              WHERE o.seq = f.seq AND o.lease_token = $2"
         );
         Self {
@@ -266,8 +254,7 @@ impl Relay {
             counters: Arc::default(),
             claim,
             delete,
-            retry,
-            park,
+            release,
         }
     }
 
@@ -445,31 +432,37 @@ impl Relay {
         if !retry.0.is_empty() {
             c.retried.fetch_add(retry.0.len() as u64, Ordering::Relaxed);
             self.meters.failed.increment(retry.0.len() as u64);
-            self.db(
-                "releasing failed rows",
-                sqlx::query(&self.retry)
-                    .bind(&retry.0)
-                    .bind(token)
-                    .bind(backoff.as_secs_f64())
-                    .bind(&retry.1)
-                    .execute(&self.pool),
-            )
-            .await?;
+            self.release("releasing failed rows", &retry, token, Some(backoff))
+                .await?;
         }
         if !park.0.is_empty() {
             c.parked.fetch_add(park.0.len() as u64, Ordering::Relaxed);
             self.meters.parked.increment(park.0.len() as u64);
-            self.db(
-                "parking rows",
-                sqlx::query(&self.park)
-                    .bind(&park.0)
-                    .bind(token)
-                    .bind(&park.1)
-                    .execute(&self.pool),
-            )
-            .await?;
+            self.release("parking rows", &park, token, None).await?;
         }
         Ok((claimed, retry.0.len()))
+    }
+
+    /// Gives `rows` (seqs and their errors) back: claimable again after
+    /// `delay`, or parked for good without one.
+    async fn release(
+        &self,
+        what: &str,
+        rows: &(Vec<i64>, Vec<String>),
+        token: i64,
+        delay: Option<Duration>,
+    ) -> Result<(), String> {
+        self.db(
+            what,
+            sqlx::query(&self.release)
+                .bind(&rows.0)
+                .bind(token)
+                .bind(delay.map(|d| d.as_secs_f64()))
+                .bind(&rows.1)
+                .execute(&self.pool),
+        )
+        .await
+        .map(drop)
     }
 
     async fn publish(&self, (seq, topic, headers, body): Claimed) -> Fate {
@@ -479,7 +472,7 @@ impl Relay {
         };
         match tokio::time::timeout(self.options.publish_timeout, self.bus.publish_raw(&topic, event)).await {
             Ok(Ok(())) => Fate::Published(seq),
-            Ok(Err(e)) if is_transient(e.kind()) => Fate::Retry(seq, e.to_string()),
+            Ok(Err(e)) if e.kind().is_transient() => Fate::Retry(seq, e.to_string()),
             Ok(Err(e)) => Fate::Park(seq, e.to_string()),
             Err(_) => Fate::Retry(
                 seq,

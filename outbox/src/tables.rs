@@ -86,9 +86,20 @@ impl OutboxTables {
             .replace("busline_inbox", &self.inbox)
     }
 
-    /// Creates the tables and indexes that are missing. Safe to call from
-    /// several processes at once (they take turns on an advisory lock).
+    /// Creates the tables and indexes that are missing, within 30 s. Safe
+    /// to call from several processes at once (they take turns on an
+    /// advisory lock).
     pub async fn install(&self, pool: &sqlx::PgPool) -> Result<(), OutboxError> {
+        const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+        tokio::time::timeout(LIMIT, self.install_now(pool))
+            .await
+            .map_err(|_| {
+                OutboxError::new(OutboxErrorKind::Database)
+                    .with_source(format!("installing the tables took over {LIMIT:?}"))
+            })?
+    }
+
+    async fn install_now(&self, pool: &sqlx::PgPool) -> Result<(), OutboxError> {
         let mut tx = pool.begin().await.map_err(OutboxError::database)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
             .bind(format!("busline-outbox-install:{}", self.outbox))

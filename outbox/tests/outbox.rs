@@ -668,3 +668,71 @@ async fn the_relay_reports_what_it_published_and_what_waits() {
     }
     bus.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_row_someone_else_wrote_badly_is_parked_and_holds_back_only_its_key() {
+    let (pool, bus) = (pool().await, connect(Broker::Nats).await);
+    let tables = tables(&pool).await;
+    let (topic, group) = (unique("parked"), unique("g"));
+    let mut sub = bus
+        .subscribe(&topic, &group, SubscribeOptions::default())
+        .await
+        .unwrap();
+    // Rows written with plain SQL, as another program might: headers that
+    // are no envelope, and a body that is not UTF-8.
+    for headers in [
+        serde_json::json!({"ce-id": "not a list"}),
+        serde_json::json!([["ce-id", "x-1"], ["ce-type", 7]]),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO {} (topic, event_id, ordering_key, headers, body) VALUES ($1, 'x', 'key-a', $2, $3)",
+            tables.outbox()
+        ))
+        .bind(&topic)
+        .bind(headers)
+        .bind(&b"\xff\xfe"[..])
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let outbox = Outbox::new(bus.clone(), tables.clone());
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .publish_event(&mut tx, &topic, DomainEvent::new(Ping::new(1)).with_key("key-a"))
+        .await
+        .unwrap();
+    outbox
+        .publish_event(&mut tx, &topic, DomainEvent::new(Ping::new(2)).with_key("key-b"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let relay = Relay::new(pool.clone(), bus.clone(), tables.clone(), relay_options()).start();
+    let event = next_event(&mut sub, "the event of the other key").await;
+    assert_eq!(seq_of(&bus, &event).seq, 2);
+    eventually(WAIT, "the first bad row to be parked", || {
+        relay.stats().parked == 1
+    })
+    .await;
+    let pending = outbox.pending(&pool).await.unwrap();
+    assert_eq!(
+        (pending.rows, pending.parked),
+        (3, 1),
+        "the parked row and the rows of its key behind it stay"
+    );
+    let (error,): (Option<String>,) = sqlx::query_as(&format!(
+        "SELECT last_error FROM {} WHERE lease_until = 'infinity'",
+        tables.outbox()
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("unreadable envelope")),
+        "{error:?}"
+    );
+    let stats = relay.shutdown().await.unwrap();
+    assert_eq!((stats.published, stats.parked), (1, 1), "{stats:?}");
+    bus.shutdown().await;
+}

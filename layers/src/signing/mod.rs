@@ -222,3 +222,71 @@ impl BusDecorator for SignedBus {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busline_core::{DomainEvent, Payload};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Signed;
+    impl busline_core::Event for Signed {
+        const TYPE: &'static str = "test.signed";
+    }
+
+    fn event() -> RawEvent {
+        DomainEvent::new(Signed)
+            .with_source("orders")
+            .map_data(|_| Payload {
+                content_type: "application/json".into(),
+                bytes: b"{}".to_vec().into(),
+            })
+    }
+
+    fn reason(keyring: &Keyring, event: &RawEvent) -> Option<DeadLetterReason> {
+        match verify(keyring, event) {
+            Ok(()) => None,
+            Err(EnvelopeError::Refused { reason, .. }) => Some(reason),
+            Err(other) => panic!("not a refusal: {other}"),
+        }
+    }
+
+    /// Signature extensions as a foreign producer may write them.
+    #[test]
+    fn hostile_signature_extensions_are_refusals_with_a_reason() {
+        let key = SigningKey::hmac_sha256("k1", [1u8; 32]).unwrap();
+        let keyring = Keyring::new().with(VerifyingKey::of(&key));
+        let good = sign(&key, event());
+        assert_eq!(reason(&keyring, &good), None);
+        let with = |name: &str, value: String| {
+            let mut e = good.clone();
+            e.extensions.insert(name.into(), value);
+            e
+        };
+        let without_key = {
+            let mut e = good.clone();
+            e.extensions.remove(SIGNATURE_KEY);
+            e
+        };
+        let cases = [
+            (
+                with(SIGNATURE, "not base64 !".into()),
+                DeadLetterReason::BadSignature,
+            ),
+            (with(SIGNATURE, String::new()), DeadLetterReason::BadSignature),
+            (
+                with(SIGNATURE, "A".repeat(1 << 20)),
+                DeadLetterReason::BadSignature,
+            ),
+            (with(SIGNATURE_KEY, String::new()), DeadLetterReason::UnknownKey),
+            (
+                with(SIGNATURE_KEY, "k1\u{0}".into()),
+                DeadLetterReason::UnknownKey,
+            ),
+            (without_key, DeadLetterReason::BadSignature),
+        ];
+        for (event, want) in cases {
+            assert_eq!(reason(&keyring, &event), Some(want));
+        }
+    }
+}
