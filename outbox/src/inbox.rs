@@ -46,7 +46,10 @@ impl Inbox {
     }
 
     /// Marks `event_id` handled by `group` in `tx`: `true` the first time,
-    /// `false` when a committed transaction marked it before.
+    /// `false` when a committed transaction marked it before. While another
+    /// transaction holds an uncommitted mark of the same event, this waits for
+    /// it: `false` if it commits, `true` if it rolls back, so copies handled
+    /// side by side still take effect once.
     pub async fn once(
         &self,
         tx: &mut Transaction<'_, Postgres>,

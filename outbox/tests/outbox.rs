@@ -197,7 +197,14 @@ async fn the_same_event_delivered_three_times_changes_the_database_once() {
         bus.publish_raw(&topic, raw.clone()).await.unwrap();
     }
     let seen = calls.wait_len(3, WAIT, "three deliveries of the event").await;
-    assert_eq!(seen, vec![true, false, false]);
+    // The router handles the three copies concurrently: the second and third wait on the
+    // first's inbox row and see it once it commits, but their pushes can come before the
+    // first's, so only the count of first-timers is fixed, not their place.
+    assert_eq!(
+        seen.iter().filter(|first| **first).count(),
+        1,
+        "exactly one delivery may be the first: {seen:?}"
+    );
     let (reserved,): (i32,) = sqlx::query_as(&format!("SELECT reserved FROM {stock}"))
         .fetch_one(&pool)
         .await
