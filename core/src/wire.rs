@@ -253,7 +253,78 @@ pub fn check_time(time: &DateTime<Utc>) -> Result<(), EnvelopeError> {
 /// Formats a time the way it travels: RFC 3339, UTC, with as many fraction
 /// digits as needed so that it reads back equal.
 pub fn format_time(time: &DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    TimeText::of(time).as_str().to_owned()
+}
+
+/// A time as it travels, formatted on the stack: every publish writes one,
+/// and chrono's general formatter took about 800 instructions and an
+/// allocation for it. Years outside 0000-9999 and leap seconds, which the
+/// fast path does not write, go through chrono.
+pub(crate) struct TimeText {
+    buf: [u8; 30],
+    len: usize,
+    slow: Option<String>,
+}
+
+impl TimeText {
+    pub(crate) fn of(time: &DateTime<Utc>) -> Self {
+        use chrono::{Datelike, Timelike};
+        let (year, nanos) = (time.year(), time.nanosecond());
+        if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+            return Self {
+                buf: [0; 30],
+                len: 0,
+                slow: Some(time.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+            };
+        }
+        let mut buf = [0u8; 30];
+        let mut put = |at: usize, value: u32, digits: usize| {
+            let mut v = value;
+            for i in (0..digits).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, year as u32, 4);
+        put(5, time.month(), 2);
+        put(8, time.day(), 2);
+        put(11, time.hour(), 2);
+        put(14, time.minute(), 2);
+        put(17, time.second(), 2);
+        // As chrono's `AutoSi`: no fraction, or 3, 6 or 9 digits, the
+        // fewest that hold it exactly.
+        let (fraction, digits) = match nanos {
+            0 => (0, 0),
+            n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+            n if n % 1_000 == 0 => (n / 1_000, 6),
+            n => (n, 9),
+        };
+        let mut len = 19;
+        if digits > 0 {
+            put(20, fraction, digits);
+            len = 20 + digits;
+        }
+        for (at, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+            buf[at] = sep;
+        }
+        if digits > 0 {
+            buf[19] = b'.';
+        }
+        buf[len] = b'Z';
+        Self {
+            buf,
+            len: len + 1,
+            slow: None,
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match &self.slow {
+            Some(text) => text,
+            // Only ASCII digits and separators were written.
+            None => std::str::from_utf8(&self.buf[..self.len]).expect("ASCII"),
+        }
+    }
 }
 
 /// The headers of `event` in `dialect`: every attribute, prefixed, the
@@ -289,23 +360,36 @@ pub fn for_each_header(
         }
         return Ok(());
     }
-    let mut name_buf = String::with_capacity(dialect.prefix.len() + 24);
+    // Names are built on the stack: `validate` let through only names of
+    // at most 64 characters, and the dialects' prefixes are short. A
+    // dialect with a longer prefix takes the heap.
+    let mut name_buf = [0u8; 128];
+    let mut long_name = String::new();
     let mut emit = |name: &str, value: &str| {
-        name_buf.clear();
-        name_buf.push_str(dialect.prefix);
-        name_buf.push_str(name);
+        let len = dialect.prefix.len() + name.len();
+        let full = if len <= name_buf.len() {
+            name_buf[..dialect.prefix.len()].copy_from_slice(dialect.prefix.as_bytes());
+            name_buf[dialect.prefix.len()..len].copy_from_slice(name.as_bytes());
+            // Two `str`s joined are UTF-8.
+            std::str::from_utf8(&name_buf[..len]).expect("two strs joined")
+        } else {
+            long_name.clear();
+            long_name.push_str(dialect.prefix);
+            long_name.push_str(name);
+            &long_name
+        };
         if dialect.percent_encode {
             let encoded: std::borrow::Cow<'_, str> = utf8_percent_encode(value, NATS_VALUE).into();
-            put(&name_buf, &encoded);
+            put(full, &encoded);
         } else {
-            put(&name_buf, value);
+            put(full, value);
         }
     };
     emit(attr::SPECVERSION, SPEC_VERSION);
     emit(attr::ID, &event.id);
     emit(attr::TYPE, &event.event_type);
     emit(attr::SOURCE, &event.source);
-    emit(attr::TIME, &format_time(&event.time));
+    emit(attr::TIME, TimeText::of(&event.time).as_str());
     emit(attr::DATAVERSION, itoa::Buffer::new().format(event.version));
     emit(attr::CORRELATIONID, &event.correlation_id);
     if let Some(c) = &event.causation_id {

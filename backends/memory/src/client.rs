@@ -17,7 +17,7 @@ use busline_core::{
 use futures::Stream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::message::{Stored, WireMessage};
+use crate::message::{PackedWire, Stored, WireMessage};
 use crate::queue::{Entry, GroupQueue};
 use crate::MemoryBroker;
 
@@ -96,8 +96,8 @@ impl MemoryBus {
         if !self.broker.state.config.wire_mapping || wire::is_structured(&event.data.content_type) {
             return Ok(Stored::Event(event));
         }
-        WireMessage::from_event(&event)
-            .map(Stored::Wire)
+        PackedWire::from_event(&event)
+            .map(Stored::Packed)
             .map_err(|e| PublishError::new(PublishErrorKind::InvalidEnvelope, topic).with_source(e))
     }
 

@@ -43,11 +43,85 @@ impl WireMessage {
 
     /// The message's key header, if readable; used for ordering.
     fn key(&self) -> Option<&str> {
-        let name = HeaderDialect::MEMORY.header(wire::attr::PARTITIONKEY);
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        key_of(self.headers.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+    }
+}
+
+/// The value of the key header among `headers`, if readable.
+fn key_of<'a>(mut headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Option<&'a str> {
+    let (prefix, name) = (
+        HeaderDialect::MEMORY.prefix.as_bytes(),
+        wire::attr::PARTITIONKEY.as_bytes(),
+    );
+    headers
+        .find(|(k, _)| {
+            k.len() == prefix.len() + name.len()
+                && k[..prefix.len()].eq_ignore_ascii_case(prefix)
+                && k[prefix.len()..].eq_ignore_ascii_case(name)
+        })
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
+/// The wire form of an envelope busline published itself: the same headers
+/// as a [`WireMessage`], read by the same decoder, but every name and value
+/// in one buffer. A list of separately allocated names and values costs two
+/// allocations per header, each freed on another thread than it was made.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedWire {
+    /// Names and values, one after the other. (Kept as the `Vec` it was
+    /// written in: shrinking it to a boxed slice would cost a reallocation.)
+    text: Vec<u8>,
+    /// Per header: where its name starts, where its value starts, where the
+    /// value ends, in `text`.
+    spans: Vec<[u32; 3]>,
+    body: Bytes,
+}
+
+impl PackedWire {
+    pub(crate) fn from_event(event: &RawEvent) -> Result<Self, EnvelopeError> {
+        let mut text = Vec::with_capacity(256);
+        let mut spans = Vec::with_capacity(10 + event.extensions.len());
+        wire::for_each_header(event, &HeaderDialect::MEMORY, |name, value| {
+            let start = text.len();
+            text.extend_from_slice(name.as_bytes());
+            let mid = text.len();
+            text.extend_from_slice(value.as_bytes());
+            spans.push([start, mid, text.len()].map(|at| at as u32));
+        })?;
+        if text.len() > u32::MAX as usize {
+            return Err(EnvelopeError::Invalid {
+                attribute: "headers".into(),
+                reason: "more than 4 GiB of headers".into(),
+            });
+        }
+        Ok(Self {
+            text,
+            spans,
+            body: event.data.bytes.clone(),
+        })
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans.iter().map(|&[start, mid, end]| {
+            let (start, mid, end) = (start as usize, mid as usize, end as usize);
+            (&self.text[start..mid], &self.text[mid..end])
+        })
+    }
+
+    fn decode(&self) -> Result<RawEvent, EnvelopeError> {
+        wire::decode_headers(
+            &HeaderDialect::MEMORY,
+            self.headers(),
+            NativeAttributes::default(),
+            self.body.clone(),
+        )
+    }
+
+    fn unpacked(&self) -> WireMessage {
+        WireMessage {
+            headers: self.headers().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+            body: self.body.clone(),
+        }
     }
 }
 
@@ -56,6 +130,7 @@ impl WireMessage {
 pub(crate) enum Stored {
     Event(RawEvent),
     Wire(WireMessage),
+    Packed(PackedWire),
 }
 
 impl Stored {
@@ -63,6 +138,7 @@ impl Stored {
         match self {
             Stored::Event(e) => e.key.as_deref(),
             Stored::Wire(w) => w.key(),
+            Stored::Packed(p) => key_of(p.headers()),
         }
     }
 
@@ -75,6 +151,7 @@ impl Stored {
             }
             Stored::Event(e) => Ok(e.clone()),
             Stored::Wire(w) => w.decode(),
+            Stored::Packed(p) => p.decode(),
         }
     }
 
@@ -87,6 +164,7 @@ impl Stored {
                 letter.stamp(&mut e);
                 Stored::Event(e)
             }
+            Stored::Packed(p) => Stored::Wire(p.unpacked()).dead_lettered(letter),
             Stored::Wire(w) => {
                 let mut w = w.clone();
                 for (name, value) in letter.attributes() {
@@ -97,5 +175,79 @@ impl Stored {
                 Stored::Wire(w)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use busline_core::{DeadLetterReason, DomainEvent, Payload};
+
+    use super::*;
+
+    fn event(key: Option<&str>) -> RawEvent {
+        let mut e = DomainEvent {
+            id: "id-1".into(),
+            event_type: "order.placed".into(),
+            version: 2,
+            source: "/shop".into(),
+            time: chrono::Utc::now(),
+            correlation_id: "c-1".into(),
+            causation_id: Some("cause".into()),
+            key: key.map(Into::into),
+            extensions: [("tenant".to_owned(), "acme %20 ü".to_owned())].into(),
+            data: Payload {
+                content_type: "application/json".into(),
+                bytes: Bytes::from_static(b"{\"n\":1}"),
+            },
+        };
+        e.extensions.insert("traceparent".into(), "00-ab-cd-01".into());
+        e
+    }
+
+    #[test]
+    fn the_packed_form_reads_as_the_header_list_does() {
+        for key in [None, Some("order-7")] {
+            let e = event(key);
+            let packed = PackedWire::from_event(&e).unwrap();
+            let listed = WireMessage::from_event(&e).unwrap();
+            assert_eq!(packed.unpacked(), listed);
+            assert_eq!(packed.decode().unwrap(), e);
+            assert_eq!(Stored::Packed(packed).key(), key);
+        }
+    }
+
+    #[test]
+    fn the_key_header_is_found_in_any_case() {
+        let message = WireMessage {
+            headers: vec![
+                (b"ce-partitionke".to_vec(), b"short".to_vec()),
+                (b"CE-PartitionKey".to_vec(), b"k-1".to_vec()),
+            ],
+            body: Bytes::new(),
+        };
+        assert_eq!(message.key(), Some("k-1"));
+        let not_utf8 = WireMessage {
+            headers: vec![(b"ce-partitionkey".to_vec(), vec![0xff])],
+            body: Bytes::new(),
+        };
+        assert_eq!(not_utf8.key(), None);
+    }
+
+    #[test]
+    fn a_packed_dead_letter_keeps_every_header_and_gains_the_letters() {
+        let e = event(Some("order-7"));
+        let letter = DeadLetter {
+            reason: DeadLetterReason::PermanentError,
+            error: "boom".into(),
+            topic: "orders".into(),
+            group: "billing".into(),
+            attempts: 3,
+            failed_at: chrono::Utc::now(),
+        };
+        let packed = Stored::Packed(PackedWire::from_event(&e).unwrap()).dead_lettered(&letter);
+        let listed = Stored::Wire(WireMessage::from_event(&e).unwrap()).dead_lettered(&letter);
+        let (packed, listed) = (packed.read().unwrap(), listed.read().unwrap());
+        assert_eq!(packed, listed);
+        assert_eq!(packed.extensions["tenant"], "acme %20 ü");
     }
 }

@@ -238,6 +238,40 @@ fn format_time_reads_back_equal() {
     }
 }
 
+#[test]
+fn a_dialect_with_a_long_prefix_still_names_every_header() {
+    let prefix: &'static str = Box::leak("x".repeat(200).into_boxed_str());
+    let dialect = HeaderDialect {
+        prefix,
+        ..HeaderDialect::MEMORY
+    };
+    let headers = encode_headers(&full_event(), &dialect).unwrap();
+    assert!(headers.iter().any(|(name, _)| *name == format!("{prefix}id")));
+}
+
+#[test]
+fn format_time_writes_what_chrono_writes() {
+    let chrono_text = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut times: Vec<DateTime<Utc>> = (0..2_000).map(|_| random_time(&mut rng)).collect();
+    let edges = [
+        "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.999999999Z",
+        "1970-01-01T00:00:00.001Z",
+        "2024-02-29T12:00:00.000001Z",
+        "2016-12-31T23:59:60.5Z", // a leap second: chrono's own path
+    ];
+    for edge in edges {
+        times.push(DateTime::parse_from_rfc3339(edge).unwrap().with_timezone(&Utc));
+    }
+    // Outside 0000-9999 the fast path steps aside too.
+    times.push(Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap());
+    times.push(Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap());
+    for t in &times {
+        assert_eq!(format_time(t), chrono_text(t), "{t:?}");
+    }
+}
+
 // ---------------------------------------------------------------- round trips
 
 #[test]
