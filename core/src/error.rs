@@ -121,7 +121,9 @@ macro_rules! operation_error {
     ($(#[$doc:meta])* $name:ident, $kind:ty, $verb:literal) => {
         $(#[$doc])*
         #[derive(Debug, Error)]
-        #[error("{} topic `{topic}` failed: {kind}{}", $verb, .source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+        // The source is not repeated here: `source()` returns it, and
+        // reporters (`ErrorChain`, anyhow, eyre) print it from there.
+        #[error("{} topic `{topic}` failed: {kind}", $verb)]
         pub struct $name {
             kind: $kind,
             topic: String,
@@ -299,7 +301,7 @@ pub enum ConfigError {
     #[error("unknown codec `{0}` (built in: json, msgpack with the `msgpack` feature)")]
     UnknownCodec(String),
     /// The backend failed to connect.
-    #[error("connecting to {url} failed: {source}")]
+    #[error("connecting to {url} failed")]
     Connect {
         /// The URL with credentials redacted.
         url: String,
@@ -307,4 +309,40 @@ pub enum ConfigError {
         #[source]
         source: BoxError,
     },
+}
+
+/// An error and every error under it as one line, `outer: cause: root`:
+/// busline's errors leave their causes out of `Display` and return them from
+/// [`source`](std::error::Error::source), as the Rust API guidelines ask, so
+/// a log line that shows only `Display` loses them. Log with this, or with
+/// a reporter such as anyhow's `{:#}`.
+///
+/// ```
+/// use busline_core::{ErrorChain, PublishError, PublishErrorKind};
+/// let io = std::io::Error::other("connection reset");
+/// let e = PublishError::new(PublishErrorKind::Connection, "orders").with_source(io);
+/// assert_eq!(
+///     ErrorChain(&e).to_string(),
+///     format!("{e}: connection reset"),
+/// );
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.0, f)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }

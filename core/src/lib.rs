@@ -49,8 +49,8 @@ pub use dead_letter::{
 };
 pub use delivery::{Acker, Acknowledge, Delivery};
 pub use error::{
-    BoxError, ConfigError, ConsumeError, ConsumeErrorKind, EnvelopeError, PublishError, PublishErrorKind,
-    SettleError, SettleErrorKind, SubscribeError, SubscribeErrorKind,
+    BoxError, ConfigError, ConsumeError, ConsumeErrorKind, EnvelopeError, ErrorChain, PublishError,
+    PublishErrorKind, SettleError, SettleErrorKind, SubscribeError, SubscribeErrorKind,
 };
 pub use event::{new_event_id, DomainEvent, Event, Payload, RawEvent};
 pub use observe::{Handled, Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use busline_core::{
-    Bus, BusDecorator, EventBus, PublishError, PublishErrorKind, RawEvent, RetryDecision, RetryPolicy,
+    Bus, BusDecorator, ErrorChain, EventBus, PublishError, PublishErrorKind, RawEvent, RetryDecision,
+    RetryPolicy,
 };
 use tokio::time::Instant;
 
@@ -277,7 +278,7 @@ impl GuardedBus {
             self.record(true);
             match self.policy.retry.decide(attempt) {
                 RetryDecision::RetryAfter(after) => {
-                    tracing::debug!(topic, attempt, ?after, error = %error, "publish failed; retrying");
+                    tracing::debug!(topic, attempt, ?after, error = %ErrorChain(&error), "publish failed; retrying");
                     tokio::time::sleep(after).await;
                     attempt += 1;
                 }

@@ -26,7 +26,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use async_trait::async_trait;
 use busline_core::{
-    BusDecorator, Context, DomainEvent, Event, EventBus, EventService, Gate, HandlerError, Layer,
+    BusDecorator, Context, DomainEvent, ErrorChain, Event, EventBus, EventService, Gate, HandlerError, Layer,
     PublishError, RawEvent,
 };
 use pin_project_lite::pin_project;
@@ -383,7 +383,7 @@ impl BusDecorator for TracingBus {
         let span = self.prepare(topic, &mut event);
         let result = self.inner.publish(topic, event).instrument(span.clone()).await;
         if let Err(e) = &result {
-            tracing::debug!(parent: &span, error = %e, "publish failed");
+            tracing::debug!(parent: &span, error = %ErrorChain(e), "publish failed");
         }
         result
     }
@@ -393,7 +393,7 @@ impl BusDecorator for TracingBus {
         let result = self.inner.publish_batch(topic, events).await;
         if let Err(e) = &result {
             for span in &spans {
-                tracing::debug!(parent: span, error = %e, "publish failed");
+                tracing::debug!(parent: span, error = %ErrorChain(e), "publish failed");
             }
         }
         result

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use busline_core::Bus;
+use busline_core::{Bus, ErrorChain};
 use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -374,7 +374,7 @@ impl Relay {
             }
             Err(e) => {
                 self.counters.database_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "outbox relay: cannot sample the pending rows");
+                tracing::debug!(error = %ErrorChain(&e), "outbox relay: cannot sample the pending rows");
             }
         }
     }
@@ -472,8 +472,8 @@ impl Relay {
         };
         match tokio::time::timeout(self.options.publish_timeout, self.bus.publish_raw(&topic, event)).await {
             Ok(Ok(())) => Fate::Published(seq),
-            Ok(Err(e)) if e.kind().is_transient() => Fate::Retry(seq, e.to_string()),
-            Ok(Err(e)) => Fate::Park(seq, e.to_string()),
+            Ok(Err(e)) if e.kind().is_transient() => Fate::Retry(seq, ErrorChain(&e).to_string()),
+            Ok(Err(e)) => Fate::Park(seq, ErrorChain(&e).to_string()),
             Err(_) => Fate::Retry(
                 seq,
                 format!("no confirmation within {:?}", self.options.publish_timeout),

@@ -139,7 +139,7 @@ impl BusFixture for MemoryFixture {
                 },
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| busline_core::ErrorChain(&e).to_string())
     }
 }
 

@@ -55,7 +55,7 @@ pub async fn dead_letters(bus: &Bus, topic: &str, group: &str) -> Subscription {
         bus.subscribe(&dlq, group, SubscribeOptions::default()),
     )
     .await
-    .unwrap_or_else(|e| panic!("subscribe to {dlq}: {e}"))
+    .unwrap_or_else(|e| panic!("subscribe to {dlq}: {}", busline_core::ErrorChain(&e)))
 }
 
 /// A list that tests append to from handlers and wait on.

@@ -44,6 +44,10 @@ async fn passwords_never_show_in_logs_errors_or_configs() {
         let display = err.to_string();
         assert!(display.contains("busline:***@"), "{display}");
         shown.push(("the error's Display".into(), display));
+        shown.push((
+            "the error and its sources".into(),
+            busline_core::ErrorChain(&err).to_string(),
+        ));
         shown.push(("the error's Debug".into(), format!("{err:?}")));
         shown.push(("the config's Debug".into(), format!("{config:?}")));
         shown.push((

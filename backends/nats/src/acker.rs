@@ -230,7 +230,7 @@ impl Acknowledge for NatsAcker {
             // lost, later each time, since a DLQ that refuses one letter
             // (full, gone, unreachable) refuses the next one at once too.
             let delay = dead_letter_retry_delay(p.received.attempt);
-            tracing::warn!(topic = %p.received.topic, seq = p.received.stream_sequence, attempt = p.received.attempt, retry_in = ?delay, error = %e, "dead letter not stored; the event comes back");
+            tracing::warn!(topic = %p.received.topic, seq = p.received.stream_sequence, attempt = p.received.attempt, retry_in = ?delay, error = %busline_core::ErrorChain(&e), "dead letter not stored; the event comes back");
             p.returned();
             let _ = p.send(AckKind::Nak(Some(delay)), false).await;
             return Err(e);

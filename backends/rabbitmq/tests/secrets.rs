@@ -100,12 +100,14 @@ async fn passwords_never_show_in_logs_errors_or_configs() {
             .await
             .expect("a refused login is reported within 30 s")
             .expect_err("a wrong password is refused");
-        let display = err.to_string();
+        // The broker's answer is the error's source; the chain shows both.
+        let display = busline_core::ErrorChain(&err).to_string();
         assert!(
             display.contains("***") && display.contains("ACCESS_REFUSED"),
             "{display}"
         );
-        shown.push(("the error's Display".into(), display));
+        shown.push(("the error's Display".into(), err.to_string()));
+        shown.push(("the error and its sources".into(), display));
         shown.push(("the error's Debug".into(), format!("{err:?}")));
         shown.push(("the config's Debug".into(), format!("{config:?}")));
     }

@@ -239,7 +239,7 @@ pub(crate) fn settle_now(
                     shared.counters.handled.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = result {
                         shared.counters.settle_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(group = %shared.group, error = %e, "acknowledging failed; the broker will redeliver");
+                        tracing::warn!(group = %shared.group, error = %crate::ErrorChain(&e), "acknowledging failed; the broker will redeliver");
                     }
                     return None;
                 }
@@ -317,7 +317,7 @@ fn settle_observed(
         };
         if let Err(e) = result {
             counters.settle_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%topic, %group, attempt, error = %e, "settling a delivery failed; the broker will redeliver it");
+            tracing::warn!(%topic, %group, attempt, error = %crate::ErrorChain(&e), "settling a delivery failed; the broker will redeliver it");
         }
     })
 }

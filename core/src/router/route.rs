@@ -131,7 +131,7 @@ impl<E: Event, H: EventService<E>> Route for TypedRoute<E, H> {
                 }
                 Err(e) => tracing::warn!(
                     event_type = %seen.event_type,
-                    error = %e,
+                    error = %crate::ErrorChain(&e),
                     "the upcast event could not be encoded for the router's observers"
                 ),
             }

@@ -139,8 +139,9 @@ async fn supervise(
     match &result {
         Ok(()) => board.set(index, SubscriptionState::Stopped),
         Err(e) => {
-            tracing::error!(topic = %topic, error = %e, "subscription died");
-            board.set(index, SubscriptionState::Failed { error: e.to_string() });
+            let chain = crate::ErrorChain(e).to_string();
+            tracing::error!(topic = %topic, error = %chain, "subscription died");
+            board.set(index, SubscriptionState::Failed { error: chain });
         }
     }
     result

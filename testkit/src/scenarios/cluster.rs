@@ -104,7 +104,7 @@ pub async fn cluster_member_killed_mid_stream(fixture: &dyn BusFixture) -> Optio
             match publisher.publish_batch(&topic, batch.clone()).await {
                 Ok(()) => break,
                 Err(e) if started.elapsed() < FAILOVER_BOUND => {
-                    tracing::debug!(error = %e, "publish failed during the failover; again");
+                    tracing::debug!(error = %busline_core::ErrorChain(&e), "publish failed during the failover; again");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!(

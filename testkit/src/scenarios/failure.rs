@@ -168,7 +168,8 @@ pub async fn permanent_error_and_poison_go_to_dlq(fixture: &dyn BusFixture) {
                 *reasons.entry(e.extensions[dl::REASON].clone()).or_insert(0) += 1;
             }
             Err(err) => {
-                assert!(err.to_string().contains("`id` is missing"), "{err}");
+                let err = busline_core::ErrorChain(err).to_string();
+                assert!(err.contains("`id` is missing"), "{err}");
                 unreadable += 1;
             }
         }

@@ -248,7 +248,8 @@ pub async fn publisher_closed_with_events_in_flight(fixture: &dyn BusFixture) {
             }
             Err(e) => assert!(
                 matches!(e.kind(), PublishErrorKind::Closed | PublishErrorKind::Connection),
-                "unexpected publish error: {e}"
+                "unexpected publish error: {}",
+                busline_core::ErrorChain(&e)
             ),
         }
     }
@@ -318,10 +319,13 @@ pub async fn broker_restart_loses_no_confirmed_event(fixture: &dyn BusFixture) {
                 Ok(()) => break,
                 Err(e) if tries < 600 => {
                     tries += 1;
-                    tracing::debug!(error = %e, "publish failed during restart; retrying");
+                    tracing::debug!(error = %busline_core::ErrorChain(&e), "publish failed during restart; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => panic!("publishing did not recover after the restart: {e}"),
+                Err(e) => panic!(
+                    "publishing did not recover after the restart: {}",
+                    busline_core::ErrorChain(&e)
+                ),
             }
         }
         confirmed.extend(seq..seq + len);

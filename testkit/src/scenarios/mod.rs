@@ -42,7 +42,12 @@ pub(crate) async fn next_delivery(sub: &mut Subscription, what: &str) -> Deliver
     within(WAIT, what, sub.next())
         .await
         .unwrap_or_else(|| panic!("subscription ended while waiting for {what}"))
-        .unwrap_or_else(|e| panic!("subscription failed while waiting for {what}: {e}"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "subscription failed while waiting for {what}: {}",
+                busline_core::ErrorChain(&e)
+            )
+        })
 }
 
 /// Reads a dead-letter topic in the background, acking what it reads.

@@ -112,7 +112,7 @@ impl KafkaAcker {
                 // time, so a DLQ that keeps refusing is never a hot loop.
                 let failures = r.dead_letter_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 let delay = bus.config.dead_letter_delay(failures);
-                tracing::warn!(topic = %self.member.topic, group = %self.member.group, dlq, failures, ?delay, error = %e, "dead letter not written; its record comes again after the delay");
+                tracing::warn!(topic = %self.member.topic, group = %self.member.group, dlq, failures, ?delay, error = %busline_core::ErrorChain(&e), "dead letter not written; its record comes again after the delay");
                 self.retry(delay);
                 Err(SettleError::new(SettleErrorKind::DeadLetterPublish, dlq).with_source(e))
             }
