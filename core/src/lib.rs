@@ -61,10 +61,11 @@ pub use replay::{
 };
 pub use retry::{RetryDecision, RetryPolicy};
 pub use router::{
-    Attempt, Context, Either, EventService, FailureKind, FromContext, FromEvent, FromRef, FromTower, Gate,
-    GateState, Handler, HandlerError, HandlerOptions, HandlerService, HandlerWithoutStateExt, Identity,
-    Incoming, IntoHandlerResult, Layer, Router, RouterError, RouterHealth, RouterStats, RunningRouter, Stack,
-    State, SubscriptionHealth, SubscriptionState, Topic, TowerLayer, TowerService,
+    Attempt, BeforeFirstHandler, Context, Either, EventService, FailureKind, FromContext, FromEvent, FromRef,
+    FromTower, Gate, GateState, Handler, HandlerError, HandlerOptions, HandlerService,
+    HandlerWithoutStateExt, Identity, Incoming, IntoHandlerResult, Layer, Routed, Router, RouterError,
+    RouterHealth, RouterStats, RunningRouter, Stack, State, SubscriptionHealth, SubscriptionState, Topic,
+    TowerLayer, TowerService, Unrouted,
 };
 pub use transport::{BusDecorator, Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
 

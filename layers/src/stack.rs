@@ -116,7 +116,7 @@ where
 
 /// One-line setup of a router.
 pub trait RouterExt<S, L> {
-    /// Applies `stack` to every handler registered after this call and
+    /// Applies `stack` to every handler (call it before the first `.on`) and
     /// counts the router's decisions with a [`MetricsObserver`].
     fn with_stack(self, stack: DefaultStack) -> Router<S, Stack<DefaultStack, L>>;
 

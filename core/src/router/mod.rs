@@ -62,13 +62,6 @@ pub enum RouterError {
     /// An upcaster that cannot be used.
     #[error("invalid upcaster: {0}")]
     InvalidUpcaster(String),
-    /// [`Router::layer`] was called after a handler was registered; the
-    /// router-wide layers apply to every handler, so they come first.
-    #[error("router for group `{group}`: `layer` must be called before any handler is registered")]
-    LayerAfterHandlers {
-        /// The group.
-        group: String,
-    },
     /// Subscribing failed.
     #[error(transparent)]
     Subscribe(#[from] SubscribeError),
@@ -94,6 +87,33 @@ pub enum RouterError {
 }
 
 type RouteFactory = Box<dyn FnOnce(&Upcasters) -> Arc<dyn Route> + Send>;
+
+/// A [`Router`] no handler was registered on yet: [`layer`](Router::layer)
+/// may still be called.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unrouted;
+
+/// A [`Router`] with handlers: router-wide layers can no longer be added,
+/// since they would not wrap the handlers registered before them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routed;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Unrouted {}
+}
+
+/// Where [`Router::layer`] may be called: before the first handler. Calling
+/// it after `.on(..)` is a compile error that says so.
+#[diagnostic::on_unimplemented(
+    message = "`Router::layer` is called after a handler was registered",
+    label = "this router already has handlers",
+    note = "a router-wide layer wraps every handler of the router: call `.layer(..)` before the first `.on(..)`",
+    note = "to wrap one handler alone: `.on(topic, layer.layer(handler.with_state(state)))`"
+)]
+pub trait BeforeFirstHandler: sealed::Sealed {}
+
+impl BeforeFirstHandler for Unrouted {}
 
 /// Registers typed handlers for one group and runs them.
 ///
@@ -122,10 +142,12 @@ type RouteFactory = Box<dyn FnOnce(&Upcasters) -> Arc<dyn Route> + Send>;
 ///
 /// `S` is the state handlers take with [`State`] ([`with_state`](Router::with_state);
 /// `()` until then). Layers ([`Layer`]) wrap handlers: [`layer`](Router::layer)
-/// sets a stack for every handler registered after it, and a single handler
+/// sets a stack for every handler (it comes before the first one), and a single handler
 /// can be wrapped by hand with `layer.layer(handler.with_state(state))`.
 /// `L` is the router-wide stack ([`Identity`] until `layer` is called).
-pub struct Router<S = (), L = Identity> {
+/// `P` is [`Unrouted`] until the first handler and [`Routed`] after it, so
+/// that a `layer` that could not wrap every handler does not compile.
+pub struct Router<S = (), L = Identity, P = Unrouted> {
     bus: Bus,
     group: String,
     state: S,
@@ -135,9 +157,10 @@ pub struct Router<S = (), L = Identity> {
     settings: RouterSettings,
     layer: L,
     observers: Vec<Arc<dyn RouterObserver>>,
+    phase: std::marker::PhantomData<fn() -> P>,
 }
 
-impl<S, L> std::fmt::Debug for Router<S, L> {
+impl<S, L, P> std::fmt::Debug for Router<S, L, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let routes: Vec<(&str, Vec<&str>)> = self
             .routes
@@ -215,11 +238,12 @@ impl Router {
             settings,
             layer: Identity,
             observers,
+            phase: std::marker::PhantomData,
         }
     }
 }
 
-impl<L> Router<(), L> {
+impl<L, P> Router<(), L, P> {
     /// Gives the handlers registered after this call `state`: an argument
     /// [`State<T>`](State) takes it (cloned), or a part of it (`T: FromRef<S>`).
     /// A router has one state; handlers that need another take it bound
@@ -249,7 +273,7 @@ impl<L> Router<(), L> {
     /// let router = Router::new(bus, "g").on("pings", store); // no `with_state(db)`
     /// # }
     /// ```
-    pub fn with_state<S: Clone + Send + Sync + 'static>(self, state: S) -> Router<S, L> {
+    pub fn with_state<S: Clone + Send + Sync + 'static>(self, state: S) -> Router<S, L, P> {
         Router {
             bus: self.bus,
             group: self.group,
@@ -260,16 +284,17 @@ impl<L> Router<(), L> {
             settings: self.settings,
             layer: self.layer,
             observers: self.observers,
+            phase: std::marker::PhantomData,
         }
     }
 }
 
-impl<S: Clone + Send + Sync + 'static, L> Router<S, L> {
-    /// Wraps every handler registered after this call in `layer`, inside the
-    /// layers set before (the first layer set is the outermost, as with
-    /// tower's `ServiceBuilder`). Call it before registering handlers:
-    /// called after, [`start`](Router::start) fails with
-    /// [`RouterError::LayerAfterHandlers`].
+impl<S: Clone + Send + Sync + 'static, L, P> Router<S, L, P> {
+    /// Wraps every handler in `layer`, inside the layers set before (the
+    /// first layer set is the outermost, as with tower's `ServiceBuilder`).
+    /// It comes before the first handler: after `.on(..)` it does not
+    /// compile ([`BeforeFirstHandler`]), since it could not wrap the
+    /// handlers registered before it.
     ///
     /// ```
     /// # use busline_core::*;
@@ -282,12 +307,10 @@ impl<S: Clone + Send + Sync + 'static, L> Router<S, L> {
     ///     .on("pings", handle);
     /// # }
     /// ```
-    pub fn layer<Inner>(mut self, layer: Inner) -> Router<S, Stack<Inner, L>> {
-        if self.routes.values().any(|entries| !entries.is_empty()) {
-            self.problems.push(RouterError::LayerAfterHandlers {
-                group: self.group.clone(),
-            });
-        }
+    pub fn layer<Inner>(self, layer: Inner) -> Router<S, Stack<Inner, L>, P>
+    where
+        P: BeforeFirstHandler,
+    {
         Router {
             bus: self.bus,
             group: self.group,
@@ -298,6 +321,23 @@ impl<S: Clone + Send + Sync + 'static, L> Router<S, L> {
             settings: self.settings,
             layer: Stack::new(layer, self.layer),
             observers: self.observers,
+            phase: std::marker::PhantomData,
+        }
+    }
+
+    /// The same router, past the first handler.
+    fn routed(self) -> Router<S, L, Routed> {
+        Router {
+            bus: self.bus,
+            group: self.group,
+            state: self.state,
+            routes: self.routes,
+            upcasters: self.upcasters,
+            problems: self.problems,
+            settings: self.settings,
+            layer: self.layer,
+            observers: self.observers,
+            phase: std::marker::PhantomData,
         }
     }
 
@@ -326,7 +366,11 @@ impl<S: Clone + Send + Sync + 'static, L> Router<S, L> {
     /// Router::new(bus, "g").on("pings", takes_the_payload); // needs DomainEvent<Ping>
     /// # }
     /// ```
-    pub fn on<E: Event, T: 'static, H: Handler<T, S, E>>(self, topic: impl Into<String>, handler: H) -> Self
+    pub fn on<E: Event, T: 'static, H: Handler<T, S, E>>(
+        self,
+        topic: impl Into<String>,
+        handler: H,
+    ) -> Router<S, L, Routed>
     where
         L: Layer<HandlerService<H, T, S>>,
         L::Service: EventService<E>,
@@ -352,7 +396,7 @@ impl<S: Clone + Send + Sync + 'static, L> Router<S, L> {
         topic: impl Into<String>,
         handler: H,
         options: HandlerOptions,
-    ) -> Self
+    ) -> Router<S, L, Routed>
     where
         L: Layer<HandlerService<H, T, S>>,
         L::Service: EventService<E>,
@@ -365,7 +409,7 @@ impl<S: Clone + Send + Sync + 'static, L> Router<S, L> {
                 event_type: E::TYPE.into(),
                 group: self.group.clone(),
             });
-            return self;
+            return self.routed();
         }
         let handler = Arc::new(self.layer.layer(handler.with_state(self.state.clone())));
         let retry = options.retry.map(Arc::new);
@@ -379,7 +423,7 @@ impl<S: Clone + Send + Sync + 'static, L> Router<S, L> {
                 }) as Arc<dyn Route>
             }),
         ));
-        self
+        self.routed()
     }
 
     /// Converts events of an older version `Old` into `New` before `New`'s
