@@ -274,6 +274,15 @@ impl<L, P> Router<(), L, P> {
     /// # }
     /// ```
     pub fn with_state<S: Clone + Send + Sync + 'static>(self, state: S) -> Router<S, L, P> {
+        self.rebuild(|_, layer| (state, layer))
+    }
+}
+
+impl<S, L, P> Router<S, L, P> {
+    /// The same router with its state and stack replaced (and its phase
+    /// set by the caller's type).
+    fn rebuild<S2, L2, P2>(self, parts: impl FnOnce(S, L) -> (S2, L2)) -> Router<S2, L2, P2> {
+        let (state, layer) = parts(self.state, self.layer);
         Router {
             bus: self.bus,
             group: self.group,
@@ -282,7 +291,7 @@ impl<L, P> Router<(), L, P> {
             upcasters: self.upcasters,
             problems: self.problems,
             settings: self.settings,
-            layer: self.layer,
+            layer,
             observers: self.observers,
             phase: std::marker::PhantomData,
         }
@@ -311,34 +320,12 @@ impl<S: Clone + Send + Sync + 'static, L, P> Router<S, L, P> {
     where
         P: BeforeFirstHandler,
     {
-        Router {
-            bus: self.bus,
-            group: self.group,
-            state: self.state,
-            routes: self.routes,
-            upcasters: self.upcasters,
-            problems: self.problems,
-            settings: self.settings,
-            layer: Stack::new(layer, self.layer),
-            observers: self.observers,
-            phase: std::marker::PhantomData,
-        }
+        self.rebuild(|state, inner| (state, Stack::new(layer, inner)))
     }
 
     /// The same router, past the first handler.
     fn routed(self) -> Router<S, L, Routed> {
-        Router {
-            bus: self.bus,
-            group: self.group,
-            state: self.state,
-            routes: self.routes,
-            upcasters: self.upcasters,
-            problems: self.problems,
-            settings: self.settings,
-            layer: self.layer,
-            observers: self.observers,
-            phase: std::marker::PhantomData,
-        }
+        self.rebuild(|state, layer| (state, layer))
     }
 
     /// Tells `observer` about every settlement decision (handled, skipped,
