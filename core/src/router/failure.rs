@@ -161,12 +161,7 @@ impl fmt::Debug for HandlerError {
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.error, f)?;
-        let mut source = self.error.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
+        // The whole chain: this text is the dead letter's error.
+        fmt::Display::fmt(&crate::ErrorChain(&*self.error), f)
     }
 }

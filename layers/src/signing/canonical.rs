@@ -72,7 +72,7 @@ pub(crate) fn canonical(event: &RawEvent, key_id: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use busline_core::{DomainEvent, Payload};
 
@@ -82,8 +82,10 @@ mod tests {
         const TYPE: &'static str = "test.signed";
     }
 
-    fn event() -> RawEvent {
+    /// An envelope to sign, for this module's tests and the signing bus's.
+    pub(in crate::signing) fn event() -> RawEvent {
         DomainEvent::new(Signed)
+            .with_source("orders")
             .with_extension("tenant", "t1")
             .map_data(|_| Payload {
                 content_type: "application/json".into(),

@@ -225,23 +225,8 @@ impl BusDecorator for SignedBus {
 
 #[cfg(test)]
 mod tests {
+    use super::canonical::tests::event;
     use super::*;
-    use busline_core::{DomainEvent, Payload};
-
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Signed;
-    impl busline_core::Event for Signed {
-        const TYPE: &'static str = "test.signed";
-    }
-
-    fn event() -> RawEvent {
-        DomainEvent::new(Signed)
-            .with_source("orders")
-            .map_data(|_| Payload {
-                content_type: "application/json".into(),
-                bytes: b"{}".to_vec().into(),
-            })
-    }
 
     fn reason(keyring: &Keyring, event: &RawEvent) -> Option<DeadLetterReason> {
         match verify(keyring, event) {
