@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use busline::{
-    Attempt, BusConfig, Context, DomainEvent, Event, HandlerError, Payload, RawEvent, Repair, ReplayOptions,
+    Attempt, BusConfig, Context, DomainEvent, Event, HandlerError, Payload, Repair, ReplayOptions,
     RetryPolicy, Router, State,
 };
 use serde::{Deserialize, Serialize};
@@ -195,13 +195,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .with_source("legacy-shop"),
     )?;
-    let malformed = RawEvent {
-        data: Payload {
-            content_type: legacy.data.content_type.clone(),
-            bytes: r#"{"order_id":"o-1003","items":["desk"],"total_cents":"249.00"}"#.into(),
-        },
-        ..legacy
-    };
+    let malformed = legacy.map_data(|payload| Payload {
+        bytes: r#"{"order_id":"o-1003","items":["desk"],"total_cents":"249.00"}"#.into(),
+        ..payload
+    });
     bus.publish_raw("orders", malformed).await?;
     trace.line(
         "legacy",

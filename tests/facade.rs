@@ -124,7 +124,7 @@ async fn msgpack_publisher_json_consumer() {
         .on(&topic, move |_ctx: Context, e: DomainEvent<Shipped>| {
             let sink = sink.clone();
             async move {
-                sink.push((e.data, e.source));
+                sink.push((e.data, e.source.to_string()));
                 Ok::<_, HandlerError>(())
             }
         })

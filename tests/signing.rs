@@ -241,7 +241,7 @@ async fn scenario(url: &str) {
             "letter {p:?} keeps its signature, and only the unsigned one has none"
         );
         assert!(
-            !letter.error.is_empty() && letter.error.contains(&event.id),
+            !letter.error.is_empty() && letter.error.contains(event.id.as_str()),
             "the error names the event: {}",
             letter.error
         );

@@ -3,18 +3,19 @@
 use std::sync::Arc;
 
 use busline_codecs::CodecRegistry;
+use smol_str::SmolStr;
 
 use crate::{
     BusConfig, Capabilities, ConfigError, ConsumerConfig, ContentMode, DeadLetterPolicy, DomainEvent, Event,
-    EventBus, Payload, PublishError, PublishErrorKind, RawEvent, RetryPolicy, RouterObserver, SubscribeError,
-    SubscribeOptions, Subscription,
+    EventBus, EventId, Payload, PublishError, PublishErrorKind, RawEvent, RetryPolicy, RouterObserver,
+    SubscribeError, SubscribeOptions, Subscription,
 };
 
 /// What a [`Bus`] stamps on events and hands routers as defaults.
 #[derive(Debug, Clone)]
 pub struct BusSettings {
     /// `source` of every event published without one.
-    pub service: String,
+    pub service: SmolStr,
     /// Encodes published payloads; decodes received ones by content type.
     pub codecs: CodecRegistry,
     /// Default retry policy of routers.
@@ -46,7 +47,7 @@ impl BusSettings {
         let codecs = CodecRegistry::by_name(&config.codec)
             .ok_or_else(|| ConfigError::UnknownCodec(config.codec.clone()))?;
         Ok(Self {
-            service: config.service.clone(),
+            service: config.service.as_str().into(),
             codecs,
             retry: config.retry.clone(),
             dead_letter: config.dead_letter.clone(),
@@ -62,7 +63,7 @@ impl BusSettings {
     }
 
     /// Sets the service name.
-    pub fn with_service(mut self, service: impl Into<String>) -> Self {
+    pub fn with_service(mut self, service: impl Into<SmolStr>) -> Self {
         self.service = service.into();
         self
     }
@@ -181,7 +182,7 @@ impl Bus {
 
     /// Publishes `data` as a new event and returns its id once the broker has
     /// it.
-    pub async fn publish<E: Event>(&self, topic: &str, data: E) -> Result<String, PublishError> {
+    pub async fn publish<E: Event>(&self, topic: &str, data: E) -> Result<EventId, PublishError> {
         self.publish_event(topic, DomainEvent::new(data)).await
     }
 
@@ -191,7 +192,7 @@ impl Bus {
         &self,
         topic: &str,
         event: DomainEvent<E>,
-    ) -> Result<String, PublishError> {
+    ) -> Result<EventId, PublishError> {
         let raw = self.encode(topic, event)?;
         let id = raw.id.clone();
         self.transport.publish(topic, raw).await?;
@@ -234,7 +235,7 @@ impl Bus {
             ContentMode::Structured => {
                 let body = crate::wire::encode_structured(&event).map_err(invalid)?;
                 Ok(event.map_data(|_| Payload {
-                    content_type: crate::wire::STRUCTURED_JSON.to_owned(),
+                    content_type: SmolStr::new_static(crate::wire::STRUCTURED_JSON),
                     bytes: body,
                 }))
             }
@@ -248,7 +249,7 @@ impl Bus {
             codecs
                 .encode(&data)
                 .map(|bytes| Payload {
-                    content_type: codecs.content_type().to_owned(),
+                    content_type: codecs.content_type().into(),
                     bytes: bytes.into(),
                 })
                 .map_err(|e| PublishError::new(PublishErrorKind::Encode, topic).with_source(e))

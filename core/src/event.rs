@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
+use smol_str::SmolStr;
+
+use crate::EventId;
 
 /// A typed domain event: a payload type with a stable name and a schema
 /// version.
@@ -31,7 +34,7 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload {
     /// Media type of `bytes`, e.g. `application/json`.
-    pub content_type: String,
+    pub content_type: SmolStr,
     /// The encoded payload, exactly as it travels in the message body.
     pub bytes: Bytes,
 }
@@ -43,6 +46,12 @@ pub type RawEvent = DomainEvent<Payload>;
 ///
 /// Build one with [`DomainEvent::new`] and the `with_*` methods; the bus fills
 /// in `source` from its configuration when it is left empty.
+///
+/// The attributes are cheap to clone: ids are [`EventId`]s and names are
+/// [`SmolStr`]s (a type name from [`Event::TYPE`] is borrowed, short text is
+/// inline, longer text is shared), so handing an envelope's attributes to a
+/// handler's [`Context`](crate::Context), a dead letter or a follow-up event
+/// copies no string.
 ///
 /// ```
 /// use busline_core::{DomainEvent, Event};
@@ -56,24 +65,25 @@ pub type RawEvent = DomainEvent<Payload>;
 /// assert_eq!(event.correlation_id, event.id); // a new chain starts here
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct DomainEvent<T> {
     /// Unique event id; a UUID v7 (time-ordered) for events made here.
-    pub id: String,
+    pub id: EventId,
     /// Stable event type name, e.g. `order.created`.
-    pub event_type: String,
+    pub event_type: SmolStr,
     /// Schema version of `data`.
     pub version: u32,
     /// The publishing service.
-    pub source: String,
+    pub source: SmolStr,
     /// When the event was created.
     pub time: DateTime<Utc>,
     /// Ties together everything caused by one request. A new event starts its
     /// own chain: the correlation id is its own id.
-    pub correlation_id: String,
+    pub correlation_id: EventId,
     /// Id of the event whose handler published this one.
-    pub causation_id: Option<String>,
+    pub causation_id: Option<EventId>,
     /// Ordering and partition key, e.g. the aggregate id.
-    pub key: Option<String>,
+    pub key: Option<SmolStr>,
     /// Further CloudEvents attributes (`traceparent`, user headers). Names are
     /// lower-case `a-z0-9`, as CloudEvents requires.
     pub extensions: BTreeMap<String, String>,
@@ -81,22 +91,34 @@ pub struct DomainEvent<T> {
     pub data: T,
 }
 
-/// A fresh time-ordered event id.
-pub fn new_event_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
 impl<E: Event> DomainEvent<E> {
     /// A new event of type `E` with a fresh id, the current time and its own
     /// correlation chain.
     pub fn new(data: E) -> Self {
-        let id = new_event_id();
+        Self::of_type(SmolStr::new_static(E::TYPE), E::VERSION, data)
+    }
+}
+
+impl<T> DomainEvent<T> {
+    /// A new envelope of any type name and version around `data`, with a
+    /// fresh id, the current time and its own correlation chain; for
+    /// payloads that are not an [`Event`] type (a backend's decoded message,
+    /// a CLI's hand-written payload). Set the rest with the `with_*` methods.
+    ///
+    /// ```
+    /// use busline_core::{DomainEvent, Payload};
+    /// let raw = DomainEvent::of_type("order.created", 2, Payload::json(r#"{"id":1}"#))
+    ///     .with_source("shop");
+    /// assert_eq!((raw.event_type.as_str(), raw.version), ("order.created", 2));
+    /// ```
+    pub fn of_type(event_type: impl Into<SmolStr>, version: u32, data: T) -> Self {
+        let id = EventId::new();
         Self {
             correlation_id: id.clone(),
             id,
-            event_type: E::TYPE.to_owned(),
-            version: E::VERSION,
-            source: String::new(),
+            event_type: event_type.into(),
+            version,
+            source: SmolStr::default(),
             time: Utc::now(),
             causation_id: None,
             key: None,
@@ -104,29 +126,44 @@ impl<E: Event> DomainEvent<E> {
             data,
         }
     }
-}
 
-impl<T> DomainEvent<T> {
+    /// Sets the id (and, if the event started its own chain, the
+    /// correlation id with it).
+    pub fn with_id(mut self, id: impl Into<EventId>) -> Self {
+        let id = id.into();
+        if self.correlation_id == self.id {
+            self.correlation_id = id.clone();
+        }
+        self.id = id;
+        self
+    }
+
+    /// Sets the creation time.
+    pub fn with_time(mut self, time: DateTime<Utc>) -> Self {
+        self.time = time;
+        self
+    }
+
     /// Sets the ordering / partition key.
-    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+    pub fn with_key(mut self, key: impl Into<SmolStr>) -> Self {
         self.key = Some(key.into());
         self
     }
 
     /// Sets the publishing service.
-    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+    pub fn with_source(mut self, source: impl Into<SmolStr>) -> Self {
         self.source = source.into();
         self
     }
 
     /// Joins an existing correlation chain.
-    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+    pub fn with_correlation_id(mut self, id: impl Into<EventId>) -> Self {
         self.correlation_id = id.into();
         self
     }
 
     /// Records the event that caused this one.
-    pub fn with_causation_id(mut self, id: impl Into<String>) -> Self {
+    pub fn with_causation_id(mut self, id: impl Into<EventId>) -> Self {
         self.causation_id = Some(id.into());
         self
     }
@@ -185,6 +222,21 @@ impl<T> DomainEvent<T> {
     }
 }
 
+impl Payload {
+    /// Bytes in a content type.
+    pub fn new(content_type: impl Into<SmolStr>, bytes: impl Into<Bytes>) -> Self {
+        Self {
+            content_type: content_type.into(),
+            bytes: bytes.into(),
+        }
+    }
+
+    /// JSON bytes (`application/json`).
+    pub fn json(bytes: impl Into<Bytes>) -> Self {
+        Self::new(SmolStr::new_static("application/json"), bytes)
+    }
+}
+
 impl RawEvent {
     /// The media type of the payload.
     pub fn content_type(&self) -> &str {
@@ -206,8 +258,7 @@ mod tests {
     #[test]
     fn new_event_has_v7_id_and_own_correlation() {
         let e = DomainEvent::new(Ping(1));
-        let id = uuid::Uuid::parse_str(&e.id).unwrap();
-        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(e.id.as_uuid().unwrap().get_version_num(), 7);
         assert_eq!(e.correlation_id, e.id);
         assert_eq!((e.event_type.as_str(), e.version), ("ping", 3));
         assert!(DomainEvent::new(Ping(2)).id > e.id, "v7 ids are time-ordered");

@@ -29,6 +29,7 @@ pub mod dead_letter;
 mod delivery;
 mod error;
 mod event;
+mod event_id;
 mod observe;
 pub mod redact;
 mod replay;
@@ -52,7 +53,8 @@ pub use error::{
     BoxError, ConfigError, ConsumeError, ConsumeErrorKind, EnvelopeError, ErrorChain, PublishError,
     PublishErrorKind, SettleError, SettleErrorKind, SubscribeError, SubscribeErrorKind,
 };
-pub use event::{new_event_id, DomainEvent, Event, Payload, RawEvent};
+pub use event::{DomainEvent, Event, Payload, RawEvent};
+pub use event_id::EventId;
 pub use observe::{Handled, Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 pub use redact::is_secret_key;
 pub use replay::{
@@ -67,6 +69,9 @@ pub use router::{
     RouterHealth, RouterStats, RunningRouter, Stack, State, SubscriptionHealth, SubscriptionState, Topic,
     TowerLayer, TowerService, Unrouted,
 };
+/// The string type of the envelope's names (type, source, key, content
+/// type): inline up to 23 bytes, shared beyond, borrowed for `&'static str`.
+pub use smol_str::SmolStr;
 pub use transport::{BusDecorator, Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
 
 /// Re-exported for backends implementing [`EventBus`] and [`Acknowledge`].

@@ -5,13 +5,16 @@
 //! one place that maps the envelope to headers and back, so every backend
 //! writes and validates the same attributes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
-use crate::{DomainEvent, EnvelopeError, Payload, RawEvent};
+use smol_str::SmolStr;
+
+use crate::{DomainEvent, EnvelopeError, EventId, Payload, RawEvent};
 
 /// CloudEvents spec version written and accepted.
 pub const SPEC_VERSION: &str = "1.0";
@@ -121,17 +124,23 @@ impl HeaderDialect {
 
     /// Reads a header value of attribute `name` as this dialect writes it.
     pub fn decode_value(&self, name: &str, raw: &[u8]) -> Result<String, EnvelopeError> {
+        self.decode_value_borrowed(name, raw).map(Cow::into_owned)
+    }
+
+    /// [`decode_value`](Self::decode_value) without a copy where the value
+    /// holds no escape.
+    fn decode_value_borrowed<'v>(&self, name: &str, raw: &'v [u8]) -> Result<Cow<'v, str>, EnvelopeError> {
         let text = std::str::from_utf8(raw).map_err(|_| EnvelopeError::invalid(name, "not UTF-8"))?;
-        // Most values hold no escape: copied as they are, without the
+        // Most values hold no escape: borrowed as they are, without the
         // decoder's byte-by-byte pass and second UTF-8 check (about half of
         // this function's instructions per value on a NATS consume).
         if self.percent_encode && raw.contains(&b'%') {
             percent_decode_str(text)
                 .decode_utf8()
-                .map(|v| v.into_owned())
+                .map(|v| Cow::Owned(v.into_owned()))
                 .map_err(|_| EnvelopeError::invalid(name, "percent-decodes to invalid UTF-8"))
         } else {
-            Ok(text.to_owned())
+            Ok(Cow::Borrowed(text))
         }
     }
 }
@@ -150,9 +159,9 @@ pub fn is_valid_attribute_name(name: &str) -> bool {
 /// extension names valid and not reserved.
 pub fn validate<T>(event: &DomainEvent<T>) -> Result<(), EnvelopeError> {
     for (name, value) in [
-        (attr::ID, &event.id),
-        (attr::TYPE, &event.event_type),
-        (attr::SOURCE, &event.source),
+        (attr::ID, event.id.as_str()),
+        (attr::TYPE, event.event_type.as_str()),
+        (attr::SOURCE, event.source.as_str()),
     ] {
         if value.is_empty() {
             return Err(EnvelopeError::Missing {
@@ -321,8 +330,10 @@ impl TimeText {
     pub(crate) fn as_str(&self) -> &str {
         match &self.slow {
             Some(text) => text,
-            // Only ASCII digits and separators were written.
-            None => std::str::from_utf8(&self.buf[..self.len]).expect("ASCII"),
+            // SAFETY: `of` wrote only ASCII digits and separators into
+            // `buf[..len]`, so it is UTF-8; checking again cost about a
+            // hundred instructions per publish.
+            None => unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len]) },
         }
     }
 }
@@ -360,23 +371,30 @@ pub fn for_each_header(
         }
         return Ok(());
     }
-    // Names are built on the stack: `validate` let through only names of
-    // at most 64 characters, and the dialects' prefixes are short. A
-    // dialect with a longer prefix takes the heap.
+    // The envelope's own names are constants of the built-in dialects;
+    // extension names are built on the stack (`validate` let through only
+    // names of at most 64 characters, and the dialects' prefixes are short).
+    // A dialect with a longer prefix takes the heap.
+    let known = known_names(dialect.prefix);
     let mut name_buf = [0u8; 128];
     let mut long_name = String::new();
-    let mut emit = |name: &str, value: &str| {
+    // `slot` is the attribute's place in `known_names`, for the envelope's own.
+    let mut emit = |name: &str, slot: Option<usize>, value: &str| {
         let len = dialect.prefix.len() + name.len();
-        let full = if len <= name_buf.len() {
-            name_buf[..dialect.prefix.len()].copy_from_slice(dialect.prefix.as_bytes());
-            name_buf[dialect.prefix.len()..len].copy_from_slice(name.as_bytes());
-            // Two `str`s joined are UTF-8.
-            std::str::from_utf8(&name_buf[..len]).expect("two strs joined")
-        } else {
-            long_name.clear();
-            long_name.push_str(dialect.prefix);
-            long_name.push_str(name);
-            &long_name
+        let full = match known.zip(slot) {
+            Some((names, slot)) => names[slot],
+            None if len <= name_buf.len() => {
+                name_buf[..dialect.prefix.len()].copy_from_slice(dialect.prefix.as_bytes());
+                name_buf[dialect.prefix.len()..len].copy_from_slice(name.as_bytes());
+                // Two `str`s joined are UTF-8.
+                std::str::from_utf8(&name_buf[..len]).expect("two strs joined")
+            }
+            None => {
+                long_name.clear();
+                long_name.push_str(dialect.prefix);
+                long_name.push_str(name);
+                &long_name
+            }
         };
         if dialect.percent_encode {
             let encoded: std::borrow::Cow<'_, str> = utf8_percent_encode(value, NATS_VALUE).into();
@@ -385,23 +403,27 @@ pub fn for_each_header(
             put(full, value);
         }
     };
-    emit(attr::SPECVERSION, SPEC_VERSION);
-    emit(attr::ID, &event.id);
-    emit(attr::TYPE, &event.event_type);
-    emit(attr::SOURCE, &event.source);
-    emit(attr::TIME, TimeText::of(&event.time).as_str());
-    emit(attr::DATAVERSION, itoa::Buffer::new().format(event.version));
-    emit(attr::CORRELATIONID, &event.correlation_id);
+    emit(attr::SPECVERSION, Some(0), SPEC_VERSION);
+    emit(attr::ID, Some(1), &event.id);
+    emit(attr::TYPE, Some(2), &event.event_type);
+    emit(attr::SOURCE, Some(3), &event.source);
+    emit(attr::TIME, Some(4), TimeText::of(&event.time).as_str());
+    emit(
+        attr::DATAVERSION,
+        Some(5),
+        itoa::Buffer::new().format(event.version),
+    );
+    emit(attr::CORRELATIONID, Some(6), &event.correlation_id);
     if let Some(c) = &event.causation_id {
-        emit(attr::CAUSATIONID, c);
+        emit(attr::CAUSATIONID, Some(7), c);
     }
     if dialect.key_in_headers {
         if let Some(k) = &event.key {
-            emit(attr::PARTITIONKEY, k);
+            emit(attr::PARTITIONKEY, Some(8), k);
         }
     }
     for (name, value) in &event.extensions {
-        emit(name, value);
+        emit(name, None, value);
     }
     if let Some(h) = dialect.content_type_header {
         put(h, &event.data.content_type);
@@ -409,18 +431,47 @@ pub fn for_each_header(
     Ok(())
 }
 
+/// The full header names of the envelope's own attributes under `prefix`
+/// (those `for_each_header` writes), for the built-in dialects' prefixes.
+fn known_names(prefix: &str) -> Option<&'static [&'static str; 9]> {
+    macro_rules! names {
+        ($prefix:literal) => {
+            [
+                concat!($prefix, "specversion"),
+                concat!($prefix, "id"),
+                concat!($prefix, "type"),
+                concat!($prefix, "source"),
+                concat!($prefix, "time"),
+                concat!($prefix, "dataversion"),
+                concat!($prefix, "correlationid"),
+                concat!($prefix, "causationid"),
+                concat!($prefix, "partitionkey"),
+            ]
+        };
+    }
+    const CE_UNDERSCORE: [&str; 9] = names!("ce_");
+    const CE_DASH: [&str; 9] = names!("ce-");
+    const CLOUD_EVENTS: [&str; 9] = names!("cloudEvents_");
+    match prefix {
+        "ce_" => Some(&CE_UNDERSCORE),
+        "ce-" => Some(&CE_DASH),
+        "cloudEvents_" => Some(&CLOUD_EVENTS),
+        _ => None,
+    }
+}
+
 /// The envelope attributes both content modes carry.
 pub(crate) struct Attributes {
-    pub(crate) id: String,
-    pub(crate) event_type: String,
+    pub(crate) id: EventId,
+    pub(crate) event_type: SmolStr,
     pub(crate) version: u32,
-    pub(crate) source: String,
+    pub(crate) source: SmolStr,
     pub(crate) time: DateTime<Utc>,
-    pub(crate) correlation_id: String,
-    pub(crate) causation_id: Option<String>,
-    pub(crate) key: Option<String>,
+    pub(crate) correlation_id: EventId,
+    pub(crate) causation_id: Option<EventId>,
+    pub(crate) key: Option<SmolStr>,
     /// The `datacontenttype` attribute, if present and not empty.
-    pub(crate) content_type: Option<String>,
+    pub(crate) content_type: Option<SmolStr>,
 }
 
 impl Attributes {
@@ -442,48 +493,52 @@ impl Attributes {
 }
 
 /// Reads the envelope's attributes through `take` (which hands each named
-/// attribute over once), the same way for headers and for a structured
-/// body: required ones present and not empty, specversion 1.0, a time that
-/// can be written back; events from producers that do not know busline's
-/// extensions are version 1 and start their own correlation chain; the
-/// broker's native key wins over `partitionkey`.
-pub(crate) fn read_attributes(
-    mut take: impl FnMut(&str) -> Option<String>,
+/// attribute over once, borrowed where it can be), the same way for headers
+/// and for a structured body: required ones present and not empty,
+/// specversion 1.0, a time that can be written back; events from producers
+/// that do not know busline's extensions are version 1 and start their own
+/// correlation chain; the broker's native key wins over `partitionkey`.
+pub(crate) fn read_attributes<V: AsRef<str>>(
+    mut take: impl FnMut(&str) -> Option<V>,
     native_key: Option<&[u8]>,
 ) -> Result<Attributes, EnvelopeError> {
     let mut required = |name: &str| match take(name) {
-        Some(v) if !v.is_empty() => Ok(v),
+        Some(v) if !v.as_ref().is_empty() => Ok(v),
         Some(_) => Err(EnvelopeError::invalid(name, "empty")),
         None => Err(EnvelopeError::Missing {
             attribute: name.into(),
         }),
     };
     let spec = required(attr::SPECVERSION)?;
-    if spec != SPEC_VERSION {
-        return Err(EnvelopeError::UnsupportedSpecVersion(spec));
+    if spec.as_ref() != SPEC_VERSION {
+        return Err(EnvelopeError::UnsupportedSpecVersion(spec.as_ref().to_owned()));
     }
-    let id = required(attr::ID)?;
-    let event_type = required(attr::TYPE)?;
-    let source = required(attr::SOURCE)?;
-    let time = parse_time(&required(attr::TIME)?)?;
+    let id = EventId::from(required(attr::ID)?.as_ref());
+    let event_type = SmolStr::new(required(attr::TYPE)?);
+    let source = SmolStr::new(required(attr::SOURCE)?);
+    let time = parse_time(required(attr::TIME)?.as_ref())?;
     let version = match take(attr::DATAVERSION) {
         None => 1,
-        Some(v) => v.parse::<u32>().map_err(|_| {
-            EnvelopeError::invalid(attr::DATAVERSION, format!("`{v}` is not an unsigned integer"))
+        Some(v) => v.as_ref().parse::<u32>().map_err(|_| {
+            EnvelopeError::invalid(
+                attr::DATAVERSION,
+                format!("`{}` is not an unsigned integer", v.as_ref()),
+            )
         })?,
     };
+    let non_empty = |v: V| (!v.as_ref().is_empty()).then(|| EventId::from(v.as_ref()));
     let correlation_id = take(attr::CORRELATIONID)
-        .filter(|c| !c.is_empty())
+        .and_then(non_empty)
         .unwrap_or_else(|| id.clone());
-    let causation_id = take(attr::CAUSATIONID).filter(|c| !c.is_empty());
-    let attribute_key = take(attr::PARTITIONKEY);
-    let content_type = take(attr::DATACONTENTTYPE).filter(|c| !c.is_empty());
+    let causation_id = take(attr::CAUSATIONID).and_then(non_empty);
+    let attribute_key = take(attr::PARTITIONKEY).map(SmolStr::new);
+    let content_type = take(attr::DATACONTENTTYPE)
+        .filter(|c| !c.as_ref().is_empty())
+        .map(SmolStr::new);
     let key = match native_key {
-        Some(k) => Some(
-            std::str::from_utf8(k)
-                .map_err(|_| EnvelopeError::invalid(attr::PARTITIONKEY, "key is not UTF-8"))?
-                .to_owned(),
-        ),
+        Some(k) => Some(SmolStr::new(std::str::from_utf8(k).map_err(|_| {
+            EnvelopeError::invalid(attr::PARTITIONKEY, "key is not UTF-8")
+        })?)),
         None => attribute_key,
     };
     Ok(Attributes {
@@ -519,6 +574,38 @@ pub struct NativeAttributes<'a> {
     pub key: Option<&'a [u8]>,
 }
 
+/// The envelope's attributes as `decode_headers` reads them, each into its
+/// slot.
+const KNOWN: [&str; 10] = [
+    attr::SPECVERSION,
+    attr::ID,
+    attr::TYPE,
+    attr::SOURCE,
+    attr::TIME,
+    attr::DATAVERSION,
+    attr::CORRELATIONID,
+    attr::CAUSATIONID,
+    attr::PARTITIONKEY,
+    attr::DATACONTENTTYPE,
+];
+
+/// The slot of an attribute in [`KNOWN`].
+fn known_slot(name: &[u8]) -> Option<usize> {
+    Some(match name {
+        b"specversion" => 0,
+        b"id" => 1,
+        b"type" => 2,
+        b"source" => 3,
+        b"time" => 4,
+        b"dataversion" => 5,
+        b"correlationid" => 6,
+        b"causationid" => 7,
+        b"partitionkey" => 8,
+        b"datacontenttype" => 9,
+        _ => return None,
+    })
+}
+
 /// Reads an envelope back from broker headers.
 ///
 /// Header names are bytes, as brokers carry them (`&str` works too): a
@@ -542,19 +629,7 @@ where
     I: IntoIterator<Item = (N, &'h [u8])>,
 {
     // Known attributes go to their slot; only extensions are kept by name.
-    const KNOWN: [&str; 10] = [
-        attr::SPECVERSION,
-        attr::ID,
-        attr::TYPE,
-        attr::SOURCE,
-        attr::TIME,
-        attr::DATAVERSION,
-        attr::CORRELATIONID,
-        attr::CAUSATIONID,
-        attr::PARTITIONKEY,
-        attr::DATACONTENTTYPE,
-    ];
-    let mut known: [Option<String>; 10] = Default::default();
+    let mut known: [Option<Cow<'h, str>>; 10] = Default::default();
     let mut attrs: BTreeMap<String, String> = BTreeMap::new();
     let mut content_type_header = None;
     let prefix = dialect.prefix;
@@ -569,8 +644,7 @@ where
                 }
                 content_type_header = Some(
                     std::str::from_utf8(raw)
-                        .map_err(|_| EnvelopeError::invalid(attr::DATACONTENTTYPE, "not UTF-8"))?
-                        .to_owned(),
+                        .map_err(|_| EnvelopeError::invalid(attr::DATACONTENTTYPE, "not UTF-8"))?,
                 );
                 continue;
             }
@@ -581,52 +655,54 @@ where
         if !head.eq_ignore_ascii_case(prefix.as_bytes()) {
             continue;
         }
-        let Ok(attribute) = std::str::from_utf8(&name[prefix.len()..]) else {
-            return Err(EnvelopeError::InvalidName {
-                name: String::from_utf8_lossy(name).into_owned(),
+        // One pass checks the name (`a-z0-9`, which also makes it UTF-8)
+        // and lower-cases it; the envelope's own names then map to their
+        // constants, so only an extension's name is built.
+        let raw_name = &name[prefix.len()..];
+        let mut lowered = [0u8; 64];
+        let valid = !raw_name.is_empty()
+            && raw_name.len() <= lowered.len()
+            && raw_name.iter().zip(lowered.iter_mut()).all(|(b, out)| {
+                *out = b.to_ascii_lowercase();
+                out.is_ascii_lowercase() || out.is_ascii_digit()
             });
-        };
-        let attribute: std::borrow::Cow<'_, str> = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
-            attribute.to_ascii_lowercase().into()
-        } else {
-            attribute.into()
-        };
-        if !is_valid_attribute_name(&attribute) {
+        if !valid {
             return Err(EnvelopeError::InvalidName {
                 name: String::from_utf8_lossy(name).into_owned(),
             });
         }
-        let value = dialect.decode_value(&attribute, raw)?;
-        let duplicate = match KNOWN.iter().position(|k| *k == attribute) {
+        let lowered = &lowered[..raw_name.len()];
+        let slot = known_slot(lowered);
+        let attribute = match slot {
+            Some(i) => KNOWN[i],
+            None => std::str::from_utf8(lowered).expect("a-z0-9 is UTF-8"),
+        };
+        let value = dialect.decode_value_borrowed(attribute, raw)?;
+        let duplicate = match slot {
             Some(i) => known[i].replace(value).is_some(),
-            None => attrs.insert(attribute.to_string(), value).is_some(),
+            None => attrs.insert(attribute.to_owned(), value.into_owned()).is_some(),
         };
         if duplicate {
             return Err(EnvelopeError::Duplicate {
-                attribute: attribute.into_owned(),
+                attribute: attribute.to_owned(),
             });
         }
     }
 
-    let declared_type = native.content_type.or(content_type_header.as_deref());
+    let declared_type = native.content_type.or(content_type_header);
     if declared_type.is_some_and(structured::is_structured) {
         return structured::decode_structured(&body, native.key);
     }
 
-    let take = |name: &str| {
-        KNOWN
-            .iter()
-            .position(|k| *k == name)
-            .and_then(|i| known[i].take())
-    };
+    let take = |name: &str| known_slot(name.as_bytes()).and_then(|i| known[i].take());
     let mut a = read_attributes(take, native.key)?;
     if let Some(name) = attrs.keys().find(|k| attr::RESERVED.contains(&k.as_str())) {
         return Err(EnvelopeError::Reserved { name: name.clone() });
     }
     let content_type = native
         .content_type
-        .map(str::to_owned)
         .or(content_type_header)
+        .map(SmolStr::new)
         .or(a.content_type.take())
         .filter(|c| !c.is_empty())
         .ok_or_else(|| EnvelopeError::Missing {

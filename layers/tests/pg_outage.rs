@@ -239,9 +239,9 @@ async fn stream_through_an_outage(mode: Mode) {
         (stats.handled, stats.retried, stats.dead_lettered, stats.skipped),
         (total, 0, 0, 0)
     );
-    let distinct: HashSet<&String> = all.iter().collect();
+    let distinct: HashSet<&busline_core::EventId> = all.iter().collect();
     assert_eq!(distinct.len(), all.len(), "no event handled twice");
-    let published: HashSet<String> = published.lock().unwrap().iter().cloned().collect();
+    let published: HashSet<busline_core::EventId> = published.lock().unwrap().iter().cloned().collect();
     assert_eq!(distinct.len(), published.len());
     assert!(all.iter().all(|id| published.contains(id)));
     assert!(gate.is_open());

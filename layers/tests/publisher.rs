@@ -33,7 +33,7 @@ impl EventBus for Flaky {
     }
 
     async fn publish(&self, topic: &str, event: RawEvent) -> Result<(), PublishError> {
-        self.attempts.lock().unwrap().push(event.id.clone());
+        self.attempts.lock().unwrap().push(event.id.to_string());
         let step = {
             let mut script = self.script.lock().unwrap();
             (!script.is_empty()).then(|| script.remove(0))

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use busline_core::{Bus, DomainEvent, Event, RawEvent};
+use busline_core::{Bus, DomainEvent, Event, EventId, RawEvent};
 use sqlx::{Postgres, Transaction};
 
 use crate::{stored, OutboxError, OutboxErrorKind, OutboxTables};
@@ -63,7 +63,7 @@ impl Outbox {
         tx: &mut Transaction<'_, Postgres>,
         topic: &str,
         data: E,
-    ) -> Result<String, OutboxError> {
+    ) -> Result<EventId, OutboxError> {
         self.publish_event(tx, topic, DomainEvent::new(data)).await
     }
 
@@ -74,7 +74,7 @@ impl Outbox {
         tx: &mut Transaction<'_, Postgres>,
         topic: &str,
         event: DomainEvent<E>,
-    ) -> Result<String, OutboxError> {
+    ) -> Result<EventId, OutboxError> {
         let raw = self
             .bus
             .encode(topic, event)
@@ -95,7 +95,7 @@ impl Outbox {
             .map_err(|e| OutboxError::new(OutboxErrorKind::Encode).with_source(e))?;
         sqlx::query(&self.insert)
             .bind(topic)
-            .bind(&event.id)
+            .bind(event.id.as_str())
             .bind(event.key.as_deref())
             .bind(headers)
             .bind(event.data.bytes.as_ref())

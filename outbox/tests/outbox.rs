@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use busline::{
-    async_trait, Bus, BusDecorator, Context, DomainEvent, EventBus, HandlerError, PublishError, RawEvent,
-    Router, SubscribeOptions, Subscription,
+    async_trait, Bus, BusDecorator, Context, DomainEvent, EventBus, EventId, HandlerError, PublishError,
+    RawEvent, Router, SubscribeOptions, Subscription,
 };
 use busline_outbox::{Inbox, Outbox, OutboxTables, Relay, RelayOptions};
 use busline_testkit::brokers::{find, Broker};
@@ -235,7 +235,7 @@ async fn write_keyed(pool: &PgPool, outbox: &Outbox, topic: &str, keys: u64, per
 /// deliveries repeated an id.
 async fn read_keyed(bus: &Bus, sub: &mut Subscription, n: usize) -> usize {
     let mut last: HashMap<String, u64> = HashMap::new();
-    let mut seen: HashMap<String, RawEvent> = HashMap::new();
+    let mut seen: HashMap<EventId, RawEvent> = HashMap::new();
     let mut repeats = 0;
     while seen.len() < n {
         let event = next_event(sub, &format!("event {} of {n}", seen.len() + 1)).await;
@@ -399,8 +399,8 @@ async fn a_relay_killed_mid_batch_loses_nothing() {
     assert!(left > 0, "the child published everything before it was killed");
 
     let relay = Relay::new(pool.clone(), bus.clone(), tables.clone(), relay_options()).start();
-    let mut ids: HashSet<String> = first.iter().map(|e| e.id.clone()).collect();
-    let mut by_id: BTreeMap<String, RawEvent> = first.into_iter().map(|e| (e.id.clone(), e)).collect();
+    let mut ids: HashSet<EventId> = first.iter().map(|e| e.id.clone()).collect();
+    let mut by_id: BTreeMap<EventId, RawEvent> = first.into_iter().map(|e| (e.id.clone(), e)).collect();
     let mut repeats = 0;
     while ids.len() < total {
         let event = next_event(
@@ -487,7 +487,7 @@ impl Drop for OwnNats {
 }
 
 /// Reads from `sub` until `n` distinct ids have come.
-async fn distinct_ids(sub: &mut Subscription, ids: &mut HashSet<String>, n: usize, what: &str) {
+async fn distinct_ids(sub: &mut Subscription, ids: &mut HashSet<EventId>, n: usize, what: &str) {
     while ids.len() < n {
         let event = next_event(sub, &format!("{what}: {} of {n}", ids.len() + 1)).await;
         ids.insert(event.id);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use busline_core::{
     async_trait, Acker, Acknowledge, Bus, BusDecorator, BusSettings, DeadLetter, Delivery, DomainEvent,
-    EnvelopeError, Event, EventBus, Handled, PublishError, RawEvent, RouterObserver, SettleError, Settled,
-    SubscribeError, SubscribeOptions, Subscription,
+    EnvelopeError, Event, EventBus, EventId, Handled, PublishError, RawEvent, RouterObserver, SettleError,
+    Settled, SubscribeError, SubscribeOptions, Subscription,
 };
 use busline_memory::MemoryBroker;
 use futures::StreamExt;
@@ -32,7 +32,7 @@ struct Records {
     dead_lettered: Vec<DeadLettered>,
     /// Events a handler returned `Ok` for, as it saw them, by (group, id),
     /// until their acknowledgement moves them to `handled`.
-    handler_ok: HashMap<(String, String), RawEvent>,
+    handler_ok: HashMap<(String, EventId), RawEvent>,
 }
 
 #[derive(Default)]

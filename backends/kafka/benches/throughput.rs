@@ -73,7 +73,7 @@ async fn raw_publish(producer: &FutureProducer, topic: &str, n: u64, cloudevents
         for s in seq..(seq + CHUNK as u64).min(n) {
             let mut headers = OwnedHeaders::new_with_capacity(8);
             if cloudevents {
-                let id = busline_core::new_event_id();
+                let id = busline_core::EventId::new().to_string();
                 let time = busline_core::wire::format_time(&chrono::Utc::now());
                 for (k, v) in [
                     ("ce_specversion", "1.0"),

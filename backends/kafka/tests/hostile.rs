@@ -29,7 +29,7 @@ fn wire(bus: &Bus, topic: &str, ping: Ping, key: &str, extra: (&[u8], &[u8])) ->
         .collect();
     headers.push((extra.0.to_vec(), extra.1.to_vec()));
     WireInput {
-        event_type: event.event_type.clone(),
+        event_type: event.event_type.to_string(),
         headers,
         content_type: None,
         key: Some(key.to_owned()),

@@ -76,7 +76,7 @@ async fn busline_event_shows_every_attribute_as_a_header(fixture: KafkaFixture) 
     assert_eq!(key.as_deref(), Some("order 1"), "the key is the record key");
     let want = [
         ("ce_specversion", "1.0".to_owned()),
-        ("ce_id", id.clone()),
+        ("ce_id", id.to_string()),
         ("ce_type", "test.ping".into()),
         ("ce_source", "busline-test".into()),
         ("ce_time", busline_core::wire::format_time(&event.time)),

@@ -76,7 +76,7 @@ fn handler(member: &'static str, log: &Arc<KeyLog>, bus: &KafkaBus) -> impl Even
         let (log, bus) = (log.clone(), bus.clone());
         async move {
             let seq = e.data.seq;
-            let key = e.key.clone().unwrap_or_default();
+            let key = e.key.as_deref().unwrap_or_default().to_owned();
             {
                 let mut all = log.state.lock().unwrap();
                 let s = all.entry(key.clone()).or_default();

@@ -94,7 +94,7 @@ impl MemoryBus {
     /// as it is: its body is the wire form, read by the structured decoder.
     fn stored(&self, topic: &str, event: RawEvent) -> Result<Stored, PublishError> {
         if !self.broker.state.config.wire_mapping || wire::is_structured(&event.data.content_type) {
-            return Ok(Stored::Event(event));
+            return Ok(Stored::Event(Box::new(event)));
         }
         PackedWire::from_event(&event)
             .map(Stored::Packed)

@@ -128,7 +128,8 @@ impl PackedWire {
 /// One stored message, shared by every group it was published to.
 #[derive(Debug)]
 pub(crate) enum Stored {
-    Event(RawEvent),
+    /// Boxed: an envelope is several times the size of the other forms.
+    Event(Box<RawEvent>),
     Wire(WireMessage),
     Packed(PackedWire),
 }
@@ -149,7 +150,7 @@ impl Stored {
             Stored::Event(e) if wire::is_structured(&e.data.content_type) => {
                 wire::decode_structured(&e.data.bytes, e.key.as_deref().map(str::as_bytes))
             }
-            Stored::Event(e) => Ok(e.clone()),
+            Stored::Event(e) => Ok(RawEvent::clone(e)),
             Stored::Wire(w) => w.decode(),
             Stored::Packed(p) => p.decode(),
         }
@@ -185,22 +186,14 @@ mod tests {
     use super::*;
 
     fn event(key: Option<&str>) -> RawEvent {
-        let mut e = DomainEvent {
-            id: "id-1".into(),
-            event_type: "order.placed".into(),
-            version: 2,
-            source: "/shop".into(),
-            time: chrono::Utc::now(),
-            correlation_id: "c-1".into(),
-            causation_id: Some("cause".into()),
-            key: key.map(Into::into),
-            extensions: [("tenant".to_owned(), "acme %20 ü".to_owned())].into(),
-            data: Payload {
-                content_type: "application/json".into(),
-                bytes: Bytes::from_static(b"{\"n\":1}"),
-            },
-        };
-        e.extensions.insert("traceparent".into(), "00-ab-cd-01".into());
+        let mut e = DomainEvent::of_type("order.placed", 2, Payload::json(Bytes::from_static(b"{\"n\":1}")))
+            .with_id("id-1")
+            .with_source("/shop")
+            .with_correlation_id("c-1")
+            .with_causation_id("cause")
+            .with_extension("tenant", "acme %20 ü")
+            .with_extension("traceparent", "00-ab-cd-01");
+        e.key = key.map(Into::into);
         e
     }
 

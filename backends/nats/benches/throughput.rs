@@ -101,7 +101,7 @@ async fn raw_publish(js: &jetstream::Context, subject: &str, n: u64, set: Set) -
     while seq < n {
         let mut acks = Vec::with_capacity(CHUNK);
         for s in seq..(seq + CHUNK as u64).min(n) {
-            let headers = headers(set, busline_core::new_event_id());
+            let headers = headers(set, busline_core::EventId::new().to_string());
             let body = serde_json::to_vec(&order(s)).unwrap();
             acks.push(
                 js.publish_with_headers(subject.to_owned(), headers, body.into())

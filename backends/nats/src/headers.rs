@@ -95,7 +95,7 @@ fn static_name(name: &str) -> HeaderName {
 pub(crate) fn msg_id(event: &RawEvent) -> String {
     match event.extensions.get(REPLAY_COUNT) {
         Some(n) => format!("{}:replay:{n}", event.id),
-        None => event.id.clone(),
+        None => event.id.to_string(),
     }
 }
 
@@ -236,21 +236,12 @@ mod tests {
     use busline_core::{DeadLetterReason, Payload};
 
     fn event() -> RawEvent {
-        RawEvent {
-            id: busline_core::new_event_id(),
-            event_type: "test.ping".into(),
-            version: 2,
-            source: "svc".into(),
-            time: chrono::Utc::now(),
-            correlation_id: "req-1".into(),
-            causation_id: Some("c-1".into()),
-            key: Some("k 1".into()),
-            extensions: [("tenant".to_owned(), "acme corp".to_owned())].into(),
-            data: Payload {
-                content_type: "application/json".into(),
-                bytes: Bytes::from_static(b"{}"),
-            },
-        }
+        RawEvent::of_type("test.ping", 2, Payload::json(Bytes::from_static(b"{}")))
+            .with_source("svc")
+            .with_correlation_id("req-1")
+            .with_causation_id("c-1")
+            .with_key("k 1")
+            .with_extension("tenant", "acme corp")
     }
 
     #[test]

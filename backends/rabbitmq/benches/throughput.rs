@@ -59,7 +59,7 @@ fn rate(n: u64, took: Duration) -> f64 {
 /// The same wire message busline writes, built by hand as a raw lapin user
 /// following the CloudEvents AMQP binding would.
 fn raw_properties(seq: u64) -> BasicProperties {
-    let id = busline_core::new_event_id();
+    let id = busline_core::EventId::new().to_string();
     let time = chrono::Utc::now();
     let mut headers = FieldTable::default();
     for (k, v) in [

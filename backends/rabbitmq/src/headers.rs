@@ -318,22 +318,11 @@ mod tests {
     use super::*;
 
     fn raw(event_type: &str) -> RawEvent {
-        let id = busline_core::new_event_id();
-        RawEvent {
-            correlation_id: id.clone(),
-            id,
-            event_type: event_type.into(),
-            version: 2,
-            source: "svc".into(),
-            time: Utc::now(),
-            causation_id: Some("cause".into()),
-            key: Some("k-1".into()),
-            extensions: [("tenant".to_owned(), "acme".to_owned())].into(),
-            data: Payload {
-                content_type: "application/json".into(),
-                bytes: Bytes::from_static(b"{\"a\":1}"),
-            },
-        }
+        RawEvent::of_type(event_type, 2, Payload::json(Bytes::from_static(b"{\"a\":1}")))
+            .with_source("svc")
+            .with_causation_id("cause")
+            .with_key("k-1")
+            .with_extension("tenant", "acme")
     }
 
     #[test]

@@ -24,7 +24,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 const LONG: Duration = Duration::from_secs(6);
 const SHORT: Duration = Duration::from_millis(200);
 
-fn id(d: &Delivery) -> String {
+fn id(d: &Delivery) -> busline_core::EventId {
     d.event().expect("a readable envelope").id.clone()
 }
 

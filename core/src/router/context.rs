@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::{Bus, DomainEvent, Event, PublishError};
+use crate::{Bus, DomainEvent, Event, EventId, PublishError};
 
 /// The handler's view of its delivery.
 ///
@@ -15,8 +15,8 @@ pub struct Context {
     topic: Arc<str>,
     group: Arc<str>,
     attempt: u32,
-    event_id: String,
-    correlation_id: String,
+    event_id: EventId,
+    correlation_id: EventId,
 }
 
 impl Context {
@@ -25,8 +25,8 @@ impl Context {
         topic: Arc<str>,
         group: Arc<str>,
         attempt: u32,
-        event_id: String,
-        correlation_id: String,
+        event_id: EventId,
+        correlation_id: EventId,
     ) -> Self {
         Self {
             bus,
@@ -39,7 +39,7 @@ impl Context {
     }
 
     /// Publishes `data` as a consequence of the handled event.
-    pub async fn publish<E: Event>(&self, topic: &str, data: E) -> Result<String, PublishError> {
+    pub async fn publish<E: Event>(&self, topic: &str, data: E) -> Result<EventId, PublishError> {
         self.publish_event(topic, DomainEvent::new(data)).await
     }
 
@@ -49,7 +49,7 @@ impl Context {
         &self,
         topic: &str,
         event: DomainEvent<E>,
-    ) -> Result<String, PublishError> {
+    ) -> Result<EventId, PublishError> {
         let event = event
             .with_correlation_id(self.correlation_id.clone())
             .with_causation_id(self.event_id.clone());
@@ -85,12 +85,12 @@ impl Context {
     }
 
     /// Id of the handled event.
-    pub fn event_id(&self) -> &str {
+    pub fn event_id(&self) -> &EventId {
         &self.event_id
     }
 
     /// Correlation id of the handled event.
-    pub fn correlation_id(&self) -> &str {
+    pub fn correlation_id(&self) -> &EventId {
         &self.correlation_id
     }
 }

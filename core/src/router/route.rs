@@ -125,7 +125,7 @@ impl<E: Event, H: EventService<E>> Route for TypedRoute<E, H> {
                 Ok(bytes) => {
                     seen.version = E::VERSION;
                     seen.data = Payload {
-                        content_type: codecs.content_type().to_owned(),
+                        content_type: codecs.content_type().into(),
                         bytes: bytes.into(),
                     };
                 }

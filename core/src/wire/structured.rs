@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use smol_str::SmolStr;
 
 use super::{attr, is_valid_attribute_name, read_attributes, SPEC_VERSION};
 use crate::{EnvelopeError, Payload, RawEvent};
@@ -24,6 +25,11 @@ pub const STRUCTURED_JSON: &str = "application/cloudevents+json";
 /// Whether a content type announces a structured-mode JSON event
 /// (`application/cloudevents+json`, parameters and case ignored).
 pub fn is_structured(content_type: &str) -> bool {
+    // Asked of every event published and received; most content types are
+    // shorter than this one and need no split.
+    if content_type.len() < STRUCTURED_JSON.len() {
+        return false;
+    }
     let essence = content_type.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case(STRUCTURED_JSON)
 }
@@ -140,12 +146,12 @@ pub fn decode_structured(body: &[u8], native_key: Option<&[u8]>) -> Result<RawEv
                 .decode(text.as_bytes())
                 .map_err(|e| EnvelopeError::invalid("data_base64", format!("not base64: {e}")))?;
             (
-                declared.unwrap_or_else(|| "application/octet-stream".to_owned()),
+                declared.unwrap_or_else(|| SmolStr::new_static("application/octet-stream")),
                 Bytes::from(bytes),
             )
         }
         (Some(raw), None) => {
-            let content_type = declared.unwrap_or_else(|| "application/json".to_owned());
+            let content_type = declared.unwrap_or_else(|| SmolStr::new_static("application/json"));
             if is_json(&content_type) {
                 (content_type, Bytes::copy_from_slice(raw.get().as_bytes()))
             } else {
@@ -162,7 +168,7 @@ pub fn decode_structured(body: &[u8], native_key: Option<&[u8]>) -> Result<RawEv
             }
         }
         (None, None) => (
-            declared.unwrap_or_else(|| "application/json".to_owned()),
+            declared.unwrap_or_else(|| SmolStr::new_static("application/json")),
             Bytes::new(),
         ),
     };
@@ -184,22 +190,22 @@ pub fn encode_structured(event: &RawEvent) -> Result<Bytes, EnvelopeError> {
         object.insert(name.to_owned(), value);
     };
     put(attr::SPECVERSION, SPEC_VERSION.into());
-    put(attr::ID, event.id.clone().into());
-    put(attr::TYPE, event.event_type.clone().into());
-    put(attr::SOURCE, event.source.clone().into());
+    put(attr::ID, event.id.as_str().into());
+    put(attr::TYPE, event.event_type.as_str().into());
+    put(attr::SOURCE, event.source.as_str().into());
     put(attr::TIME, super::format_time(&event.time).into());
     put(attr::DATAVERSION, event.version.to_string().into());
-    put(attr::CORRELATIONID, event.correlation_id.clone().into());
+    put(attr::CORRELATIONID, event.correlation_id.as_str().into());
     if let Some(c) = &event.causation_id {
-        put(attr::CAUSATIONID, c.clone().into());
+        put(attr::CAUSATIONID, c.as_str().into());
     }
     if let Some(k) = &event.key {
-        put(attr::PARTITIONKEY, k.clone().into());
+        put(attr::PARTITIONKEY, k.as_str().into());
     }
     for (name, value) in &event.extensions {
         put(name, value.clone().into());
     }
-    put(attr::DATACONTENTTYPE, event.data.content_type.clone().into());
+    put(attr::DATACONTENTTYPE, event.data.content_type.as_str().into());
     // JSON data goes in as written (its bytes are what the handler's codec
     // reads), so it is spliced in rather than re-serialized.
     let inline = is_json(&event.data.content_type)

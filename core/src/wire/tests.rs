@@ -35,17 +35,17 @@ fn full_event() -> RawEvent {
     extensions.insert("note".to_owned(), AWKWARD.to_owned());
     extensions.insert("tenant".to_owned(), "acme".to_owned());
     DomainEvent {
-        id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_owned(),
-        event_type: "order.created".to_owned(),
+        id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+        event_type: "order.created".into(),
         version: 7,
-        source: "billing-service".to_owned(),
+        source: "billing-service".into(),
         time: nanos_time(),
-        correlation_id: "req-42".to_owned(),
-        causation_id: Some("0190a1b2-0000-7000-8000-000000000001".to_owned()),
-        key: Some("order-17 ✓".to_owned()),
+        correlation_id: "req-42".into(),
+        causation_id: Some("0190a1b2-0000-7000-8000-000000000001".into()),
+        key: Some("order-17 ✓".into()),
         extensions,
         data: Payload {
-            content_type: "application/json".to_owned(),
+            content_type: "application/json".into(),
             bytes: Bytes::from_static(b"{\"order_id\":\"o-1\",\"bin\":\"\xff\x00\"}"),
         },
     }
@@ -54,17 +54,17 @@ fn full_event() -> RawEvent {
 /// An envelope with only what is required.
 fn minimal_event() -> RawEvent {
     DomainEvent {
-        id: "e-1".to_owned(),
-        event_type: "ping".to_owned(),
+        id: "e-1".into(),
+        event_type: "ping".into(),
         version: 1,
-        source: "svc".to_owned(),
+        source: "svc".into(),
         time: Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap(),
-        correlation_id: "e-1".to_owned(),
+        correlation_id: "e-1".into(),
         causation_id: None,
         key: None,
         extensions: BTreeMap::new(),
         data: Payload {
-            content_type: "application/json".to_owned(),
+            content_type: "application/json".into(),
             bytes: Bytes::from_static(b"{}"),
         },
     }
@@ -326,7 +326,7 @@ fn empty_body_round_trips() {
 #[test]
 fn empty_key_round_trips() {
     let mut event = minimal_event();
-    event.key = Some(String::new());
+    event.key = Some("".into());
     for (label, dialect) in DIALECTS {
         assert_eq!(round_trip(&dialect, &event).key.as_deref(), Some(""), "{label}");
     }
@@ -1137,7 +1137,7 @@ fn decode_never_panics_on_garbage() {
 fn encode_rejects_missing_required_attributes() {
     for (label, dialect) in DIALECTS {
         let mut event = full_event();
-        event.source.clear();
+        event.source = "".into();
         assert_eq!(
             encode_headers(&event, &dialect),
             Err(EnvelopeError::Missing {
@@ -1147,7 +1147,7 @@ fn encode_rejects_missing_required_attributes() {
         );
 
         let mut event = full_event();
-        event.id.clear();
+        event.id = "".into();
         assert_eq!(
             encode_headers(&event, &dialect),
             Err(EnvelopeError::Missing {
@@ -1157,7 +1157,7 @@ fn encode_rejects_missing_required_attributes() {
         );
 
         let mut event = full_event();
-        event.event_type.clear();
+        event.event_type = "".into();
         assert_eq!(
             encode_headers(&event, &dialect),
             Err(EnvelopeError::Missing {
@@ -1303,20 +1303,20 @@ fn random_event(rng: &mut fastrand::Rng) -> RawEvent {
     let id = random_string(rng, 1..40);
     DomainEvent {
         correlation_id: if rng.bool() {
-            id.clone()
+            id.as_str().into()
         } else {
-            random_string(rng, 1..40)
+            random_string(rng, 1..40).into()
         },
-        id,
-        event_type: random_string(rng, 1..30),
+        id: id.into(),
+        event_type: random_string(rng, 1..30).into(),
         version: rng.u32(..),
-        source: random_uri_reference(rng),
+        source: random_uri_reference(rng).into(),
         time: random_time(rng),
-        causation_id: rng.bool().then(|| random_string(rng, 1..40)),
-        key: rng.bool().then(|| random_string(rng, 0..40)),
+        causation_id: rng.bool().then(|| random_string(rng, 1..40).into()),
+        key: rng.bool().then(|| random_string(rng, 0..40).into()),
         extensions,
         data: Payload {
-            content_type: random_string(rng, 1..30),
+            content_type: random_string(rng, 1..30).into(),
             bytes: (0..rng.usize(0..64))
                 .map(|_| rng.u8(..))
                 .collect::<Vec<u8>>()
@@ -1353,4 +1353,46 @@ fn random_events_round_trip_in_every_dialect() {
             assert_eq!(decoded, event, "#{i} {label}");
         }
     }
+}
+
+#[test]
+fn the_constant_header_names_are_the_dialects_own() {
+    let order = [
+        attr::SPECVERSION,
+        attr::ID,
+        attr::TYPE,
+        attr::SOURCE,
+        attr::TIME,
+        attr::DATAVERSION,
+        attr::CORRELATIONID,
+        attr::CAUSATIONID,
+        attr::PARTITIONKEY,
+    ];
+    for (label, dialect) in DIALECTS {
+        let names = known_names(dialect.prefix).expect("a built-in dialect has constant names");
+        for (name, attribute) in names.iter().zip(order) {
+            assert_eq!(*name, dialect.header(attribute), "{label}");
+        }
+    }
+    // A dialect of someone else's builds its names, and writes the same
+    // headers a built-in one with that prefix would.
+    let custom = HeaderDialect {
+        prefix: "x-ce-",
+        ..HeaderDialect::KAFKA
+    };
+    assert!(known_names(custom.prefix).is_none());
+    let headers = encode_headers(&full_event(), &custom).unwrap();
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "x-ce-id" && *v == full_event().id));
+    assert!(headers.iter().any(|(k, _)| k == "x-ce-tenant"));
+}
+
+#[test]
+fn every_known_attribute_has_its_own_slot() {
+    for (i, name) in KNOWN.iter().enumerate() {
+        assert_eq!(known_slot(name.as_bytes()), Some(i), "{name}");
+    }
+    assert_eq!(known_slot(b"tenant"), None);
+    assert_eq!(known_slot(b"ID"), None, "names are lower-cased before the lookup");
 }

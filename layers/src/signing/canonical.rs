@@ -99,13 +99,13 @@ pub(super) mod tests {
         let before = canonical(&base, "k1");
         let mut changed: Vec<RawEvent> = Vec::new();
         let mut e = base.clone();
-        e.id.push('x');
+        e.id = format!("{}x", e.id).into();
         changed.push(e);
         let mut e = base.clone();
-        e.source.push('x');
+        e.source = format!("{}x", e.source).into();
         changed.push(e);
         let mut e = base.clone();
-        e.event_type.push('x');
+        e.event_type = format!("{}x", e.event_type).into();
         changed.push(e);
         let mut e = base.clone();
         e.version += 1;
@@ -114,7 +114,7 @@ pub(super) mod tests {
         e.time += chrono::Duration::milliseconds(1);
         changed.push(e);
         let mut e = base.clone();
-        e.correlation_id.push('x');
+        e.correlation_id = format!("{}x", e.correlation_id).into();
         changed.push(e);
         let mut e = base.clone();
         e.causation_id = Some("c".into());

@@ -204,12 +204,12 @@ fn malformed_message(bus: &busline_core::Bus, topic: &str, fixture: &dyn BusFixt
         .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
         .collect();
     WireInput {
-        event_type: event.event_type.clone(),
+        event_type: event.event_type.to_string(),
         headers,
         content_type: dialect
             .content_type_header
             .is_none()
-            .then(|| event.data.content_type.clone()),
+            .then(|| event.data.content_type.to_string()),
         key: None,
         body: event.data.bytes.clone(),
     }

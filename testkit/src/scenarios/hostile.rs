@@ -367,14 +367,17 @@ pub fn poison_message(poison: Poison, dialect: &HeaderDialect, event: &RawEvent)
     }
     if let Some(ct) = dialect.content_type_header {
         if structured {
-            headers.push((ct.as_bytes().to_vec(), content_type.clone().into_bytes()));
+            headers.push((ct.as_bytes().to_vec(), content_type.as_bytes().to_vec()));
         }
     }
     WireInput {
-        event_type: event.event_type.clone(),
+        event_type: event.event_type.to_string(),
         headers,
-        content_type: dialect.content_type_header.is_none().then_some(content_type),
-        key: event.key.clone(),
+        content_type: dialect
+            .content_type_header
+            .is_none()
+            .then(|| content_type.to_string()),
+        key: event.key.as_ref().map(|k| k.to_string()),
         body,
     }
 }

@@ -42,7 +42,7 @@ pub async fn order_per_key(fixture: &dyn BusFixture) {
                 if e.data.seq == 5 && ctx.attempt() == 1 {
                     return Err(HandlerError::retryable("first attempt of seq 5 fails"));
                 }
-                sink.push((e.key.clone().unwrap_or_default(), e.data.seq));
+                sink.push((e.key.as_deref().unwrap_or_default().to_owned(), e.data.seq));
                 Ok(())
             }
         })
