@@ -24,13 +24,44 @@ use crate::{
     Acker, DeadLetterReason, Delivery, EnvelopeError, RetryDecision, RetryPolicy, UnknownEventAction,
 };
 
-/// How a delivery is settled.
-pub(crate) enum Decision {
-    Ack,
-    Skip { reason: &'static str },
-    Retry { after: Duration, error: String },
-    DeadLetter { reason: DeadLetterReason, error: String },
-    Abandon,
+/// How a delivery is settled: the [`Outcome`] that observers, the stats
+/// and the test harness see, and the error text a retry logs and a dead
+/// letter keeps (empty for the other outcomes).
+pub(crate) struct Decision {
+    pub(crate) outcome: Outcome,
+    pub(crate) error: String,
+}
+
+impl Decision {
+    pub(crate) const ACK: Decision = Decision {
+        outcome: Outcome::Handled,
+        error: String::new(),
+    };
+    pub(crate) const ABANDON: Decision = Decision {
+        outcome: Outcome::Abandoned,
+        error: String::new(),
+    };
+
+    pub(crate) fn skip(reason: &'static str) -> Self {
+        Self {
+            outcome: Outcome::Skipped { reason },
+            error: String::new(),
+        }
+    }
+
+    pub(crate) fn retry(after: Duration, error: String) -> Self {
+        Self {
+            outcome: Outcome::Retried { after },
+            error,
+        }
+    }
+
+    pub(crate) fn dead_letter(reason: DeadLetterReason, error: String) -> Self {
+        Self {
+            outcome: Outcome::DeadLettered { reason },
+            error,
+        }
+    }
 }
 
 /// What a delivery needs next.
@@ -59,11 +90,7 @@ pub(crate) fn begin(delivery: Delivery, topic: &Arc<str>, routes: &RouteTable, s
                 EnvelopeError::Refused { reason, .. } => *reason,
                 _ => DeadLetterReason::MalformedEnvelope,
             };
-            let decision = Decision::DeadLetter {
-                reason,
-                error: e.to_string(),
-            };
-            return Start::Settle(acker, decision);
+            return Start::Settle(acker, Decision::dead_letter(reason, e.to_string()));
         }
     };
     if raw
@@ -71,22 +98,15 @@ pub(crate) fn begin(delivery: Delivery, topic: &Arc<str>, routes: &RouteTable, s
         .get(crate::REPLAY_GROUP)
         .is_some_and(|g| **g != *shared.group)
     {
-        return Start::Settle(
-            acker,
-            Decision::Skip {
-                reason: crate::SKIP_REPLAYED_FOR_OTHER_GROUP,
-            },
-        );
+        return Start::Settle(acker, Decision::skip(crate::SKIP_REPLAYED_FOR_OTHER_GROUP));
     }
     let Some(route) = routes.get(raw.event_type.as_str()) else {
         let decision = match shared.settings.dead_letter.unknown_event {
-            UnknownEventAction::Ack => Decision::Skip {
-                reason: SKIP_UNKNOWN_EVENT_TYPE,
-            },
-            UnknownEventAction::DeadLetter => Decision::DeadLetter {
-                reason: DeadLetterReason::UnknownEventType,
-                error: format!("no handler for `{}` in group `{}`", raw.event_type, shared.group),
-            },
+            UnknownEventAction::Ack => Decision::skip(SKIP_UNKNOWN_EVENT_TYPE),
+            UnknownEventAction::DeadLetter => Decision::dead_letter(
+                DeadLetterReason::UnknownEventType,
+                format!("no handler for `{}` in group `{}`", raw.event_type, shared.group),
+            ),
         };
         return Start::Settle(acker, decision);
     };
@@ -105,17 +125,17 @@ pub(crate) fn begin(delivery: Delivery, topic: &Arc<str>, routes: &RouteTable, s
         route.prepare(raw, shared.bus.codecs(), ctx, &shared.witnesses)
     }));
     match prepared {
-        Ok(Err((reason, error))) => Start::Settle(acker, Decision::DeadLetter { reason, error }),
+        Ok(Err((reason, error))) => Start::Settle(acker, Decision::dead_letter(reason, error)),
         Ok(Ok(call)) => Start::Run(acker, call, route.retry().cloned()),
         Err(panic) => Start::Settle(
             acker,
-            Decision::DeadLetter {
-                reason: DeadLetterReason::Panic,
-                error: format!(
+            Decision::dead_letter(
+                DeadLetterReason::Panic,
+                format!(
                     "decoding or upcasting panicked: {}",
                     panic_message(panic.as_ref())
                 ),
-            },
+            ),
         ),
     }
 }
@@ -157,24 +177,21 @@ pub(crate) async fn finish(
             Ok(ended) => decide(ended, acker.attempt(), retry, &shared),
             Err(limit) => retry_or_give_up(format!("handler timed out after {limit:?}"), acker.attempt(), retry, &shared),
         },
-        _ = abandon.wait_for(|a| *a) => Decision::Abandon,
+        _ = abandon.wait_for(|a| *a) => Decision::ABANDON,
     };
-    settle(acker, decision, shared).await;
+    if let Some(settling) = settle(acker, decision, &shared) {
+        settling.await;
+    }
 }
 
 /// The decision for a handler call that ended; `retry` is the route's own
 /// policy, if it overrides the router's.
 pub(crate) fn decide(ended: Ended, attempt: u32, retry: Option<&RetryPolicy>, shared: &Shared) -> Decision {
     match ended {
-        Ok(Ok(())) => Decision::Ack,
+        Ok(Ok(())) => Decision::ACK,
         Ok(Err(e)) => match e.kind() {
-            FailureKind::Permanent => Decision::DeadLetter {
-                reason: DeadLetterReason::PermanentError,
-                error: e.to_string(),
-            },
-            FailureKind::Skipped => Decision::Skip {
-                reason: e.skip_reason().unwrap_or("skipped"),
-            },
+            FailureKind::Permanent => Decision::dead_letter(DeadLetterReason::PermanentError, e.to_string()),
+            FailureKind::Skipped => Decision::skip(e.skip_reason().unwrap_or("skipped")),
             FailureKind::Retryable => retry_or_give_up(e.to_string(), attempt, retry, shared),
         },
         Err(panic) => retry_or_give_up(
@@ -188,11 +205,8 @@ pub(crate) fn decide(ended: Ended, attempt: u32, retry: Option<&RetryPolicy>, sh
 
 fn retry_or_give_up(error: String, attempt: u32, retry: Option<&RetryPolicy>, shared: &Shared) -> Decision {
     match retry.unwrap_or(&shared.settings.retry).decide(attempt) {
-        RetryDecision::RetryAfter(after) => Decision::Retry { after, error },
-        RetryDecision::GiveUp => Decision::DeadLetter {
-            reason: DeadLetterReason::MaxAttemptsExceeded,
-            error,
-        },
+        RetryDecision::RetryAfter(after) => Decision::retry(after, error),
+        RetryDecision::GiveUp => Decision::dead_letter(DeadLetterReason::MaxAttemptsExceeded, error),
     }
 }
 
@@ -222,104 +236,68 @@ fn observe(shared: &Shared, topic: &str, attempt: u32, outcome: Outcome) {
     }
 }
 
-/// Settles a delivery as decided and counts it: at once where the backend
-/// acknowledges without waiting, else through the returned future.
-pub(crate) fn settle_now(
-    acker: Acker,
+/// Settles a delivery as decided, tells the observers and counts it: at
+/// once where the outcome is an acknowledgement the backend makes without
+/// waiting, else through the returned future.
+pub(crate) fn settle(
+    mut acker: Acker,
     decision: Decision,
     shared: &Arc<Shared>,
 ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
-    let (acker, decision) = match decision {
-        Decision::Ack => {
-            if !shared.observers.is_empty() {
-                observe(shared, acker.topic(), acker.attempt(), Outcome::Handled);
-            }
-            match acker.ack_now() {
-                Ok(result) => {
-                    shared.counters.handled.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = result {
-                        shared.counters.settle_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(group = %shared.group, error = %crate::ErrorChain(&e), "acknowledging failed; the broker will redeliver");
-                    }
-                    return None;
+    observe(shared, acker.topic(), acker.attempt(), decision.outcome);
+    if decision.outcome == Outcome::Handled {
+        match acker.ack_now() {
+            Ok(result) => {
+                shared.counters.handled.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = result {
+                    shared.counters.settle_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(group = %shared.group, error = %crate::ErrorChain(&e), "acknowledging failed; the broker will redeliver");
                 }
-                Err(acker) => (acker, Decision::Ack),
+                return None;
             }
+            Err(waiting) => acker = waiting,
         }
-        other => {
-            observe_decision(shared, &acker, &other);
-            (acker, other)
-        }
-    };
-    Some(settle_observed(acker, decision, shared.clone()))
-}
-
-fn observe_decision(shared: &Shared, acker: &Acker, decision: &Decision) {
-    if shared.observers.is_empty() {
-        return;
     }
-    let outcome = match decision {
-        Decision::Ack => Outcome::Handled,
-        Decision::Skip { reason } => Outcome::Skipped { reason },
-        Decision::Retry { after, .. } => Outcome::Retried { after: *after },
-        Decision::DeadLetter { reason, .. } => Outcome::DeadLettered { reason: *reason },
-        Decision::Abandon => Outcome::Abandoned,
-    };
-    observe(shared, acker.topic(), acker.attempt(), outcome);
+    Some(Box::pin(settle_waiting(acker, decision, shared.clone())))
 }
 
-/// Settles a delivery as decided and counts it.
-pub(crate) fn settle(
-    acker: Acker,
-    decision: Decision,
-    shared: Arc<Shared>,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    observe_decision(&shared, &acker, &decision);
-    settle_observed(acker, decision, shared)
-}
-
-/// Settles a delivery whose decision the observers have seen.
-fn settle_observed(
-    acker: Acker,
-    decision: Decision,
-    shared: Arc<Shared>,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        let counters = &shared.counters;
-        let attempt = acker.attempt();
-        let topic = acker.topic().to_owned();
-        let group = &shared.group;
-        let result = match decision {
-            Decision::Ack => {
-                counters.handled.fetch_add(1, Ordering::Relaxed);
-                acker.ack().await
-            }
-            Decision::Skip { reason } => {
-                counters.skipped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%topic, %group, attempt, reason, "event skipped");
-                acker.ack().await
-            }
-            Decision::Retry { after, error } => {
-                counters.retried.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%topic, %group, attempt, ?after, %error, "handler failed; retrying");
-                acker.nack(after).await
-            }
-            Decision::DeadLetter { reason, error } => {
-                counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%topic, %group, attempt, %reason, %error, "dead-lettering event");
-                let error = shared.settings.dead_letter.truncate_error(error);
-                acker.dead_letter(reason, error).await
-            }
-            Decision::Abandon => {
-                counters.abandoned.fetch_add(1, Ordering::Relaxed);
-                acker.release().await
-            }
-        };
-        if let Err(e) = result {
-            counters.settle_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%topic, %group, attempt, error = %crate::ErrorChain(&e), "settling a delivery failed; the broker will redeliver it");
+/// The part of [`settle`] that waits on the broker.
+async fn settle_waiting(acker: Acker, decision: Decision, shared: Arc<Shared>) {
+    let counters = &shared.counters;
+    let attempt = acker.attempt();
+    let topic = acker.topic().to_owned();
+    let group = &shared.group;
+    let Decision { outcome, error } = decision;
+    let result = match outcome {
+        Outcome::Handled => {
+            counters.handled.fetch_add(1, Ordering::Relaxed);
+            acker.ack().await
         }
-    })
+        Outcome::Skipped { reason } => {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%topic, %group, attempt, reason, "event skipped");
+            acker.ack().await
+        }
+        Outcome::Retried { after } => {
+            counters.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%topic, %group, attempt, ?after, %error, "handler failed; retrying");
+            acker.nack(after).await
+        }
+        Outcome::DeadLettered { reason } => {
+            counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%topic, %group, attempt, %reason, %error, "dead-lettering event");
+            let error = shared.settings.dead_letter.truncate_error(error);
+            acker.dead_letter(reason, error).await
+        }
+        Outcome::Abandoned => {
+            counters.abandoned.fetch_add(1, Ordering::Relaxed);
+            acker.release().await
+        }
+    };
+    if let Err(e) = result {
+        counters.settle_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%topic, %group, attempt, error = %crate::ErrorChain(&e), "settling a delivery failed; the broker will redeliver it");
+    }
 }
 
 #[cfg(test)]
@@ -394,10 +372,10 @@ mod tests {
     fn a_skip_is_acknowledged_with_its_reason_never_retried() {
         let shared = shared(RetryPolicy::default());
         let decision = decide(Ok(Err(HandlerError::skip("duplicate"))), 1, None, &shared);
-        assert!(matches!(decision, Decision::Skip { reason: "duplicate" }));
+        assert_eq!(decision.outcome, Outcome::Skipped { reason: "duplicate" });
         let decision = decide(Ok(Err(HandlerError::skip("duplicate"))), 99, None, &shared);
         assert!(
-            matches!(decision, Decision::Skip { .. }),
+            matches!(decision.outcome, Outcome::Skipped { .. }),
             "not even after the last attempt"
         );
     }
@@ -407,18 +385,20 @@ mod tests {
         let shared = shared(RetryPolicy::default().with_max_attempts(5));
         let own = RetryPolicy::default().with_max_attempts(2);
         let fail = || Ok(Err(HandlerError::retryable("no")));
-        assert!(matches!(decide(fail(), 2, None, &shared), Decision::Retry { .. }));
         assert!(matches!(
-            decide(fail(), 2, Some(&own), &shared),
-            Decision::DeadLetter {
-                reason: DeadLetterReason::MaxAttemptsExceeded,
-                ..
+            decide(fail(), 2, None, &shared).outcome,
+            Outcome::Retried { .. }
+        ));
+        assert_eq!(
+            decide(fail(), 2, Some(&own), &shared).outcome,
+            Outcome::DeadLettered {
+                reason: DeadLetterReason::MaxAttemptsExceeded
             }
-        ));
-        assert!(matches!(
-            decide(Ok(Ok(())), 1, Some(&own), &shared),
-            Decision::Ack
-        ));
+        );
+        assert_eq!(
+            decide(Ok(Ok(())), 1, Some(&own), &shared).outcome,
+            Outcome::Handled
+        );
     }
 
     #[test]

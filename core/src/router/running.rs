@@ -212,15 +212,13 @@ async fn consume(
                 // continues as a task, so slow handlers run concurrently up
                 // to the in-flight bound.
                 let settling = match dispatch::begin(delivery, &topic, &routes, &shared) {
-                    dispatch::Start::Settle(acker, decision) => {
-                        dispatch::settle_now(acker, decision, &shared)
-                    }
+                    dispatch::Start::Settle(acker, decision) => dispatch::settle(acker, decision, &shared),
                     dispatch::Start::Run(acker, mut call, retry) => {
                         match dispatch::poll_once(&mut call).await {
                             Some(ended) => {
                                 let decision =
                                     dispatch::decide(ended, acker.attempt(), retry.as_deref(), &shared);
-                                dispatch::settle_now(acker, decision, &shared)
+                                dispatch::settle(acker, decision, &shared)
                             }
                             None => {
                                 let rest: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
