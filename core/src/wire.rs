@@ -130,7 +130,14 @@ impl HeaderDialect {
     /// [`decode_value`](Self::decode_value) without a copy where the value
     /// holds no escape.
     fn decode_value_borrowed<'v>(&self, name: &str, raw: &'v [u8]) -> Result<Cow<'v, str>, EnvelopeError> {
-        let text = std::str::from_utf8(raw).map_err(|_| EnvelopeError::invalid(name, "not UTF-8"))?;
+        let text = if raw.is_ascii() {
+            // SAFETY: ASCII is UTF-8. Most values are ASCII, and the check
+            // is a few instructions where `from_utf8`'s general path took
+            // about ninety per header value.
+            unsafe { std::str::from_utf8_unchecked(raw) }
+        } else {
+            std::str::from_utf8(raw).map_err(|_| EnvelopeError::invalid(name, "not UTF-8"))?
+        };
         // Most values hold no escape: borrowed as they are, without the
         // decoder's byte-by-byte pass and second UTF-8 check (about half of
         // this function's instructions per value on a NATS consume).
