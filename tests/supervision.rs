@@ -7,11 +7,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use busline::backend::{async_trait, BusDecorator};
 use busline::memory::MemoryBroker;
 use busline::{
-    async_trait, Bus, BusDecorator, ConsumeError, ConsumeErrorKind, Context, DeadLetterReason, DomainEvent,
-    EventBus, HandlerError, Router, RouterError, SubscribeError, SubscribeOptions, Subscription,
-    SubscriptionState,
+    Bus, ConsumeError, ConsumeErrorKind, Context, DeadLetterReason, DomainEvent, EventBus, HandlerError,
+    Router, RouterError, SubscribeError, SubscribeOptions, Subscription, SubscriptionState,
 };
 use busline_testkit::events::{Order, OrderV1, Ping};
 use busline_testkit::support::{eventually, within, Collector, WAIT};
@@ -279,7 +279,7 @@ async fn health_shows_a_paused_subscription_and_a_clean_stop() {
 struct HangingAcker(#[allow(dead_code)] busline::Acker);
 
 #[async_trait]
-impl busline::Acknowledge for HangingAcker {
+impl busline::backend::Acknowledge for HangingAcker {
     async fn ack(self: Box<Self>) -> Result<(), busline::SettleError> {
         std::future::pending().await
     }

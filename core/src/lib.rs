@@ -48,7 +48,7 @@ pub use config::{
 pub use dead_letter::{
     dead_letter_topic, DeadLetter, DeadLetterPolicy, DeadLetterReason, UnknownEventAction,
 };
-pub use delivery::{Acker, Acknowledge, Delivery};
+pub use delivery::{Acker, Delivery};
 pub use error::{
     BoxError, ConfigError, ConsumeError, ConsumeErrorKind, EnvelopeError, ErrorChain, PublishError,
     PublishErrorKind, SettleError, SettleErrorKind, SubscribeError, SubscribeErrorKind,
@@ -72,7 +72,15 @@ pub use router::{
 /// The string type of the envelope's names (type, source, key, content
 /// type): inline up to 23 bytes, shared beyond, borrowed for `&'static str`.
 pub use smol_str::SmolStr;
-pub use transport::{BusDecorator, Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
+pub use transport::{Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
 
-/// Re-exported for backends implementing [`EventBus`] and [`Acknowledge`].
-pub use async_trait::async_trait;
+/// What a backend crate, or a decorator of someone else's [`EventBus`],
+/// implements and calls, apart from what applications use: the settle side
+/// of a delivery, the decorator trait, and the `async_trait` macro their
+/// trait impls are written with. The wire mapping they share is
+/// [`wire`].
+pub mod backend {
+    pub use crate::delivery::Acknowledge;
+    pub use crate::transport::BusDecorator;
+    pub use async_trait::async_trait;
+}

@@ -68,7 +68,8 @@ pub trait EventBus: Send + Sync + 'static {
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::sync::Arc;
-/// use busline_core::{async_trait, BusDecorator, EventBus, PublishError, RawEvent};
+/// use busline_core::{EventBus, PublishError, RawEvent};
+/// use busline_core::backend::{async_trait, BusDecorator};
 ///
 /// /// Counts publishes.
 /// struct Counted {
@@ -159,7 +160,7 @@ pub struct Capabilities {
     pub replay_from_start: bool,
     /// The broker drops a second publish of the same event id.
     pub dedup_by_id: bool,
-    /// [`Acknowledge::release`](crate::Acknowledge::release) returns a
+    /// [`Acknowledge::release`](crate::backend::Acknowledge::release) returns a
     /// delivery without counting an attempt (shutdown's abandoned events
     /// keep their attempt number).
     pub release_keeps_attempt: bool,

@@ -29,9 +29,10 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use busline_core::backend::BusDecorator;
 use busline_core::{
-    BusDecorator, Context, DomainEvent, Event, EventBus, EventService, FailureKind, Gate, HandlerError,
-    Layer, Outcome, PublishError, PublishErrorKind, RawEvent, RouterObserver, Settled,
+    Context, DomainEvent, Event, EventBus, EventService, FailureKind, Gate, HandlerError, Layer, Outcome,
+    PublishError, PublishErrorKind, RawEvent, RouterObserver, Settled,
 };
 use metrics::{Counter, Gauge, Histogram};
 use pin_project_lite::pin_project;

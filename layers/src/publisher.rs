@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use busline_core::backend::BusDecorator;
 use busline_core::{
-    Bus, BusDecorator, ErrorChain, EventBus, PublishError, PublishErrorKind, RawEvent, RetryDecision,
-    RetryPolicy,
+    Bus, ErrorChain, EventBus, PublishError, PublishErrorKind, RawEvent, RetryDecision, RetryPolicy,
 };
 use tokio::time::Instant;
 

@@ -25,9 +25,10 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use async_trait::async_trait;
+use busline_core::backend::BusDecorator;
 use busline_core::{
-    BusDecorator, Context, DomainEvent, ErrorChain, Event, EventBus, EventService, Gate, HandlerError, Layer,
-    PublishError, RawEvent,
+    Context, DomainEvent, ErrorChain, Event, EventBus, EventService, Gate, HandlerError, Layer, PublishError,
+    RawEvent,
 };
 use pin_project_lite::pin_project;
 use tracing::{Instrument, Span};

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use busline_core::backend::async_trait;
 use busline_core::{
-    async_trait, BoxError, Context, DomainEvent, EventService, HandlerError, HandlerWithoutStateExt, Layer,
-    RetryPolicy, Router,
+    BoxError, Context, DomainEvent, EventService, HandlerError, HandlerWithoutStateExt, Layer, RetryPolicy,
+    Router,
 };
 use busline_layers::{BreakerState, CircuitBreakerLayer, DedupLayer, DedupStore, MemoryDedupStore};
 use busline_testkit::events::Ping;

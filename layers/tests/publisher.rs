@@ -4,9 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use busline_core::backend::async_trait;
 use busline_core::{
-    async_trait, Bus, Capabilities, ConsumerConfig, EventBus, PublishError, PublishErrorKind, RawEvent,
-    RetryPolicy, SubscribeError, SubscribeOptions, Subscription,
+    Bus, Capabilities, ConsumerConfig, EventBus, PublishError, PublishErrorKind, RawEvent, RetryPolicy,
+    SubscribeError, SubscribeOptions, Subscription,
 };
 use busline_layers::{is_circuit_open, GuardedBus, PublishPolicy};
 use busline_testkit::events::Ping;

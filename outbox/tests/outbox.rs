@@ -10,9 +10,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use busline::backend::{async_trait, BusDecorator};
 use busline::{
-    async_trait, Bus, BusDecorator, Context, DomainEvent, EventBus, EventId, HandlerError, PublishError,
-    RawEvent, Router, SubscribeOptions, Subscription,
+    Bus, Context, DomainEvent, EventBus, EventId, HandlerError, PublishError, RawEvent, Router,
+    SubscribeOptions, Subscription,
 };
 use busline_outbox::{Inbox, Outbox, OutboxTables, Relay, RelayOptions};
 use busline_testkit::brokers::{find, Broker};

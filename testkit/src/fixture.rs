@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use busline_core::backend::async_trait;
 use busline_core::wire::HeaderDialect;
-use busline_core::{async_trait, Bus, BusSettings, RetryPolicy};
+use busline_core::{Bus, BusSettings, RetryPolicy};
 use busline_memory::{MemoryBroker, WireMessage};
 
 use crate::scenarios::{HostileOutcome, Poison};

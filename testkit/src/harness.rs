@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use busline_core::backend::{async_trait, Acknowledge, BusDecorator};
 use busline_core::{
-    async_trait, Acker, Acknowledge, Bus, BusDecorator, BusSettings, DeadLetter, Delivery, DomainEvent,
-    EnvelopeError, Event, EventBus, EventId, Handled, PublishError, RawEvent, RouterObserver, SettleError,
-    Settled, SubscribeError, SubscribeOptions, Subscription,
+    Acker, Bus, BusSettings, DeadLetter, Delivery, DomainEvent, EnvelopeError, Event, EventBus, EventId,
+    Handled, PublishError, RawEvent, RouterObserver, SettleError, Settled, SubscribeError, SubscribeOptions,
+    Subscription,
 };
 use busline_memory::MemoryBroker;
 use futures::StreamExt;

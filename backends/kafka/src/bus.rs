@@ -4,9 +4,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use busline_core::backend::async_trait;
 use busline_core::{
-    async_trait, BusConfig, Capabilities, ConfigError, EventBus, PublishError, RawEvent, StartFrom,
-    SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription,
+    BusConfig, Capabilities, ConfigError, EventBus, PublishError, RawEvent, StartFrom, SubscribeError,
+    SubscribeErrorKind, SubscribeOptions, Subscription,
 };
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;

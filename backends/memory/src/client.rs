@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use busline_core::backend::{async_trait, Acknowledge};
 use busline_core::wire;
 use busline_core::{
-    async_trait, Acknowledge, Capabilities, ConsumeError, DeadLetter, Delivery, EventBus, PublishError,
-    PublishErrorKind, RawEvent, SettleError, SubscribeError, SubscribeErrorKind, SubscribeOptions,
-    Subscription,
+    Capabilities, ConsumeError, DeadLetter, Delivery, EventBus, PublishError, PublishErrorKind, RawEvent,
+    SettleError, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription,
 };
 use futures::Stream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::message::{AckKind, PublishMessage};
 use async_nats::{HeaderMap, Subject};
+use busline_core::backend::{async_trait, Acknowledge};
 use busline_core::dead_letter::attr as dl;
 use busline_core::wire::HeaderDialect;
-use busline_core::{async_trait, Acknowledge, DeadLetter, DeadLetterReason, SettleError, SettleErrorKind};
+use busline_core::{DeadLetter, DeadLetterReason, SettleError, SettleErrorKind};
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use busline_core::backend::async_trait;
 use busline_core::{
-    async_trait, Capabilities, ConfigError, ConsumeError, EventBus, PublishError, RawEvent, RetryPolicy,
-    SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription,
+    Capabilities, ConfigError, ConsumeError, EventBus, PublishError, RawEvent, RetryPolicy, SubscribeError,
+    SubscribeErrorKind, SubscribeOptions, Subscription,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -21,7 +21,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use busline_core::{async_trait, Acknowledge, DeadLetter, SettleError, SettleErrorKind};
+use busline_core::backend::{async_trait, Acknowledge};
+use busline_core::{DeadLetter, SettleError, SettleErrorKind};
 use bytes::Bytes;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::ShortString;

@@ -2,9 +2,10 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
+use busline_core::backend::async_trait;
 use busline_core::{
-    async_trait, Capabilities, EventBus, PublishError, PublishErrorKind, RawEvent, SubscribeError,
-    SubscribeErrorKind, SubscribeOptions, Subscription,
+    Capabilities, EventBus, PublishError, PublishErrorKind, RawEvent, SubscribeError, SubscribeErrorKind,
+    SubscribeOptions, Subscription,
 };
 use lapin::types::ShortString;
 use tokio::sync::watch;

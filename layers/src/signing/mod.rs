@@ -47,10 +47,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use busline_core::backend::BusDecorator;
 use busline_core::wire::{decode_structured, encode_structured, is_structured};
 use busline_core::{
-    Bus, BusDecorator, DeadLetterReason, Delivery, EnvelopeError, EventBus, PublishError, PublishErrorKind,
-    RawEvent, SubscribeError, SubscribeOptions, Subscription,
+    Bus, DeadLetterReason, Delivery, EnvelopeError, EventBus, PublishError, PublishErrorKind, RawEvent,
+    SubscribeError, SubscribeOptions, Subscription,
 };
 use futures::StreamExt;
 

@@ -15,9 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use busline_core::{
-    async_trait, Acknowledge, DeadLetter, DeadLetterReason, PublishError, SettleError, SettleErrorKind,
-};
+use busline_core::backend::{async_trait, Acknowledge};
+use busline_core::{DeadLetter, DeadLetterReason, PublishError, SettleError, SettleErrorKind};
 
 use super::{MemberShared, Record, Ticket};
 use crate::errors::is_too_large;

@@ -9,8 +9,9 @@ pub mod raw;
 
 use std::time::Duration;
 
+use busline_core::backend::async_trait;
 use busline_core::wire::HeaderDialect;
-use busline_core::{async_trait, Bus, BusConfig};
+use busline_core::{Bus, BusConfig};
 use busline_kafka::{KafkaBus, KafkaConfig};
 use busline_testkit::brokers::{self, Broker};
 use busline_testkit::{test_settings, BusFixture, WireInput};

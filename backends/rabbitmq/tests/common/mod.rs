@@ -6,8 +6,9 @@ pub mod raw;
 
 use std::time::Duration;
 
+use busline_core::backend::async_trait;
 use busline_core::wire::HeaderDialect;
-use busline_core::{async_trait, Bus, Delivery, Subscription};
+use busline_core::{Bus, Delivery, Subscription};
 use busline_rabbitmq::{RabbitBus, RabbitConfig};
 use busline_testkit::brokers::{self, Broker, Origin, TestBroker};
 use busline_testkit::support::{within, WAIT};
