@@ -195,9 +195,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .with_source("legacy-shop"),
     )?;
-    let malformed = legacy.map_data(|payload| Payload {
-        bytes: r#"{"order_id":"o-1003","items":["desk"],"total_cents":"249.00"}"#.into(),
-        ..payload
+    let malformed = legacy.map_data(|payload| {
+        Payload::new(
+            payload.content_type,
+            r#"{"order_id":"o-1003","items":["desk"],"total_cents":"249.00"}"#,
+        )
     });
     bus.publish_raw("orders", malformed).await?;
     trace.line(

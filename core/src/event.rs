@@ -32,6 +32,7 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 
 /// The bytes of an event's payload and the content type they are encoded in.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Payload {
     /// Media type of `bytes`, e.g. `application/json`.
     pub content_type: SmolStr,

@@ -60,6 +60,7 @@ impl ReplayOptions {
 
 /// What a replay did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplayReport {
     /// Republished to their original topic and removed from the DLQ.
     pub moved: usize,

@@ -222,6 +222,7 @@ pub enum StartFrom {
 
 /// How a member consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubscribeOptions {
     /// Deliveries handed out and not yet settled, at most (the broker's
     /// prefetch / max-ack-pending). A slow consumer applies backpressure at

@@ -61,10 +61,7 @@ mod tests {
             .with_key("k-1")
             .with_causation_id("c-1")
             .with_extension("tenant", "a b\"c%")
-            .map_data(|_| Payload {
-                content_type: "application/json".into(),
-                bytes: Bytes::from_static(b"{\"x\":[1,2]}\xff"),
-            });
+            .map_data(|_| Payload::json(Bytes::from_static(b"{\"x\":[1,2]}\xff")));
         let headers = headers_of(&event).unwrap();
         let back = event_of(&headers, event.data.bytes.to_vec()).unwrap();
         assert_eq!(back, event);

@@ -202,10 +202,7 @@ mod tests {
         DomainEvent::new(Unit)
             .with_key("k")
             .with_extension("tenant", "acme")
-            .map_data(|_| Payload {
-                content_type: "application/json".into(),
-                bytes: Bytes::from_static(b"{}"),
-            })
+            .map_data(|_| Payload::json(Bytes::from_static(b"{}")))
     }
 
     fn as_raw(h: &OwnedHeaders) -> RawHeaders {

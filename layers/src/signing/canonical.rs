@@ -87,10 +87,7 @@ pub(super) mod tests {
         DomainEvent::new(Signed)
             .with_source("orders")
             .with_extension("tenant", "t1")
-            .map_data(|_| Payload {
-                content_type: "application/json".into(),
-                bytes: br#"{"a":1}"#.to_vec().into(),
-            })
+            .map_data(|_| Payload::json(br#"{"a":1}"#.to_vec()))
     }
 
     #[test]

@@ -141,10 +141,7 @@ pub async fn permanent_error_and_poison_go_to_dlq(fixture: &dyn BusFixture) {
     undecodable.data.bytes = Bytes::from_static(b"{\"seq\": \"not a number\"");
     bus.publish_raw(&topic, undecodable).await.unwrap();
     let mut unknown_ct = bus.encode(&topic, DomainEvent::new(Ping::new(3))).unwrap();
-    unknown_ct.data = Payload {
-        content_type: "application/x-protobuf".into(),
-        bytes: Bytes::from_static(b"\x08\x03"),
-    };
+    unknown_ct.data = Payload::new("application/x-protobuf", Bytes::from_static(b"\x08\x03"));
     bus.publish_raw(&topic, unknown_ct).await.unwrap();
     let malformed = malformed_message(&bus, &topic, fixture);
     fixture
