@@ -154,19 +154,35 @@ pub(crate) async fn poll_once(call: &mut BoxFuture<'static, Result<(), HandlerEr
     .await
 }
 
+/// When a handler call started, if the router limits calls: the handler
+/// timeout counts from here, the first poll included.
+pub(crate) fn call_started(shared: &Shared) -> Option<tokio::time::Instant> {
+    shared
+        .settings
+        .handler_timeout
+        .map(|_| tokio::time::Instant::now())
+}
+
 /// Runs the rest of a handler call that had to wait, under the handler
-/// timeout and shutdown's deadline, then settles.
+/// timeout (counted from `started`, [`call_started`]) and shutdown's
+/// deadline, then settles.
 pub(crate) async fn finish(
     acker: Acker,
     call: BoxFuture<'static, Result<(), HandlerError>>,
     retry: Option<Arc<RetryPolicy>>,
+    started: Option<tokio::time::Instant>,
     shared: Arc<Shared>,
 ) {
     let retry = retry.as_deref();
     let guarded = AssertUnwindSafe(call).catch_unwind();
     let timed = async {
         match shared.settings.handler_timeout {
-            Some(limit) => tokio::time::timeout(limit, guarded).await.map_err(|_| limit),
+            Some(limit) => {
+                let deadline = started.unwrap_or_else(tokio::time::Instant::now) + limit;
+                tokio::time::timeout_at(deadline, guarded)
+                    .await
+                    .map_err(|_| limit)
+            }
             None => Ok(guarded.await),
         }
     };
@@ -409,5 +425,64 @@ mod tests {
         observe(&shared, "t", 1, Outcome::Handled);
         observe(&shared, "t", 2, Outcome::Skipped { reason: "duplicate" });
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
+    }
+
+    /// Records how a delivery was settled.
+    struct Recorded(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+    #[async_trait]
+    impl crate::backend::Acknowledge for Recorded {
+        async fn ack(self: Box<Self>) -> Result<(), crate::SettleError> {
+            self.0.lock().unwrap().push("ack");
+            Ok(())
+        }
+        async fn nack(self: Box<Self>, _: Duration) -> Result<(), crate::SettleError> {
+            self.0.lock().unwrap().push("nack");
+            Ok(())
+        }
+        async fn dead_letter(self: Box<Self>, _: crate::DeadLetter) -> Result<(), crate::SettleError> {
+            self.0.lock().unwrap().push("dead_letter");
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handler_timeout_counts_from_the_start_of_the_call() {
+        let mut shared = shared(RetryPolicy::default());
+        shared.settings.handler_timeout = Some(Duration::from_secs(5));
+        let (_keep_running, abandon) = watch::channel(false);
+        shared.abandon = abandon;
+        let shared = Arc::new(shared);
+        let settled = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let delivery = Delivery::new(
+            Err(EnvelopeError::Missing {
+                attribute: "id".into(),
+            }),
+            1,
+            "t".into(),
+            "g".into(),
+            Box::new(Recorded(settled.clone())),
+        );
+        let (_, acker) = delivery.into_parts();
+        // The call's first poll took 4 of its 5 seconds (a handler that
+        // blocked before its first await); the rest has one second left.
+        let started = call_started(&shared);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let before = tokio::time::Instant::now();
+        finish(
+            acker,
+            futures::future::pending().boxed(),
+            None,
+            started,
+            shared.clone(),
+        )
+        .await;
+        assert_eq!(
+            before.elapsed(),
+            Duration::from_secs(1),
+            "the limit is the call's, not the rest's"
+        );
+        assert_eq!(*settled.lock().unwrap(), ["nack"], "a timed-out call is retried");
+        assert_eq!(shared.counters.retried.load(Ordering::Relaxed), 1);
     }
 }

@@ -214,6 +214,7 @@ async fn consume(
                 let settling = match dispatch::begin(delivery, &topic, &routes, &shared) {
                     dispatch::Start::Settle(acker, decision) => dispatch::settle(acker, decision, &shared),
                     dispatch::Start::Run(acker, mut call, retry) => {
+                        let started = dispatch::call_started(&shared);
                         match dispatch::poll_once(&mut call).await {
                             Some(ended) => {
                                 let decision =
@@ -222,7 +223,7 @@ async fn consume(
                             }
                             None => {
                                 let rest: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-                                    Box::pin(dispatch::finish(acker, call, retry, shared.clone()));
+                                    Box::pin(dispatch::finish(acker, call, retry, started, shared.clone()));
                                 Some(rest)
                             }
                         }
