@@ -5,7 +5,6 @@
 //! Handler layers (each a [`Layer`](busline_core::Layer), applied per
 //! handler or router-wide with `Router::layer`):
 //!
-//! - [`TimeoutLayer`]: a time limit per call; a time-out is retryable.
 //! - [`BulkheadLayer`]: at most N concurrent calls, a bounded wait queue.
 //! - [`CircuitBreakerLayer`]: stops consumption while a dependency fails.
 //! - [`RateLimitLayer`]: at most so many calls a second.
@@ -57,7 +56,6 @@ pub mod rate_limit;
 #[cfg_attr(docsrs, doc(cfg(feature = "signing")))]
 pub mod signing;
 mod stack;
-pub mod timeout;
 pub mod tracing;
 
 pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadLayer};
@@ -70,5 +68,4 @@ pub use postgres::{PostgresDedupStore, PostgresOptions};
 pub use publisher::{is_circuit_open, CircuitOpen, GuardedBus, PublishPolicy};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use stack::{default_stack, instrument, DefaultStack, RouterExt};
-pub use timeout::{TimedOut, Timeout, TimeoutLayer};
 pub use tracing::{TraceContext, Traced, TracingBus, TracingLayer};

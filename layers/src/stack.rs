@@ -3,16 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use busline_core::{Bus, Layer, Router, Stack};
+use busline_core::{Bus, Layer, Router, Stack, TowerLayer};
 
 use crate::{
     BulkheadLayer, CircuitBreakerLayer, DedupLayer, DedupStore, MetricsBus, MetricsLayer, MetricsObserver,
-    RateLimitLayer, TimeoutLayer, TracingBus, TracingLayer,
+    RateLimitLayer, TracingBus, TracingLayer,
 };
 
 /// The layers of a [`DefaultStack`], innermost first.
 type Chain = Stack<
-    Option<TimeoutLayer>,
+    Option<TowerLayer<tower::timeout::TimeoutLayer>>,
     Stack<
         Option<CircuitBreakerLayer>,
         Stack<
@@ -33,7 +33,8 @@ type Chain = Stack<
 /// 6. [`CircuitBreakerLayer`] (if set): it sees only calls that run, so a
 ///    full bulkhead does not open it, and a time-out inside it counts as a
 ///    failure;
-/// 7. [`TimeoutLayer`] (if set).
+/// 7. tower's [`TimeoutLayer`](tower::timeout::TimeoutLayer) (if set): a
+///    call that runs out of time is cancelled and fails as retryable.
 ///
 /// [`default_stack`] has tracing and metrics only: the resilience layers
 /// need settings that only the application knows. Build it once and apply
@@ -42,7 +43,7 @@ type Chain = Stack<
 /// limiter.
 #[derive(Debug, Clone, Default)]
 pub struct DefaultStack {
-    timeout: Option<TimeoutLayer>,
+    timeout: Option<TowerLayer<tower::timeout::TimeoutLayer>>,
     breaker: Option<CircuitBreakerLayer>,
     bulkhead: Option<BulkheadLayer>,
     rate_limit: Option<RateLimitLayer>,
@@ -56,9 +57,11 @@ pub fn default_stack() -> DefaultStack {
 }
 
 impl DefaultStack {
-    /// Adds a [`TimeoutLayer`] of `limit`.
+    /// Adds tower's [`TimeoutLayer`](tower::timeout::TimeoutLayer) of
+    /// `limit` per call (the router's `handler_timeout` is one limit for
+    /// every handler; this one can differ per stack).
     pub fn with_timeout(mut self, limit: Duration) -> Self {
-        self.timeout = Some(TimeoutLayer::new(limit));
+        self.timeout = Some(TowerLayer::new(tower::timeout::TimeoutLayer::new(limit)));
         self
     }
 
@@ -88,7 +91,7 @@ impl DefaultStack {
 
     fn chain(&self) -> Chain {
         Stack::new(
-            self.timeout,
+            self.timeout.clone(),
             Stack::new(
                 self.breaker,
                 Stack::new(

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use busline_core::{
     Context, DeadLetterReason, DomainEvent, HandlerError, HandlerOptions, HandlerWithoutStateExt, Layer,
-    RetryPolicy, Router,
+    RetryPolicy, Router, TowerLayer,
 };
-use busline_layers::{BreakerState, BulkheadLayer, CircuitBreakerLayer, RateLimitLayer, TimeoutLayer};
+use busline_layers::{BreakerState, BulkheadLayer, CircuitBreakerLayer, RateLimitLayer};
 use busline_testkit::events::Ping;
 use busline_testkit::support::{eventually, Collector, WAIT};
 use busline_testkit::TestHarness;
@@ -34,7 +34,8 @@ async fn timeout_fires_and_the_event_is_retried() {
         .with_handler_timeout(None)
         .on(
             "t",
-            TimeoutLayer::new(Duration::from_secs(1)).layer(handler.into_service()),
+            TowerLayer::new(tower::timeout::TimeoutLayer::new(Duration::from_secs(1)))
+                .layer(handler.into_service()),
         )
         .start()
         .await
@@ -314,7 +315,9 @@ async fn router_wide_layers_wrap_every_handler() {
     let a = attempts.clone();
     let router = Router::new(h.bus(), "g")
         .with_handler_timeout(None)
-        .layer(TimeoutLayer::new(Duration::from_millis(50)))
+        .layer(TowerLayer::new(tower::timeout::TimeoutLayer::new(
+            Duration::from_millis(50),
+        )))
         .on("t", move |ctx: Context, _e: DomainEvent<Ping>| {
             let a = a.clone();
             async move {
