@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use busline::memory::{MemoryBroker, MemoryConfig};
 use busline::{Bus, BusSettings, Context, DomainEvent, Event, HandlerError, Router};
+use busline_testkit::bench::{env_u64, median};
 use busline_testkit::support::Countdown;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -200,17 +201,9 @@ fn live_kib() -> u64 {
     LIVE_BYTES.load(Ordering::Relaxed) / 1024
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: u64 = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500_000);
+    let n = env_u64("BENCH_EVENTS", 500_000);
     let capacity = 100_000;
     now_nanos();
     println!(

@@ -17,6 +17,7 @@ use busline_layers::{
     RouterExt,
 };
 use busline_memory::{MemoryBroker, MemoryConfig};
+use busline_testkit::bench::{env_u64, median};
 use busline_testkit::support::Countdown;
 use serde::{Deserialize, Serialize};
 
@@ -92,21 +93,10 @@ async fn throughput(s: &Setup, n: u64) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: u64 = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(11);
+    let n = env_u64("BENCH_EVENTS", 100_000);
+    let runs = env_u64("BENCH_RUNS", 11) as usize;
     println!("layer stack on the memory bus, {n} events per run, {runs} runs each, 2 worker threads");
     let full = default_stack()
         .with_timeout(Duration::from_secs(30))

@@ -12,6 +12,7 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bench;
 pub mod brokers;
 pub mod events;
 mod fixture;

@@ -20,6 +20,7 @@
 //! `cargo bench -p busline-kafka --bench throughput`; the broker is
 //! `BUSLINE_TEST_KAFKA_URL` or 127.0.0.1:9092, N is `BENCH_N` (20,000).
 
+use busline_testkit::bench::report;
 use std::time::{Duration, Instant};
 
 use busline_core::{Bus, BusConfig, BusSettings, DomainEvent, Event, StartFrom, SubscribeOptions};
@@ -171,32 +172,6 @@ async fn busline_consume(bus: &Bus, topic: &str, group: &str, n: u64) -> Duratio
     start.elapsed()
 }
 
-fn rate(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
-/// The best of the rounds (the least disturbed by the broker sharing the
-/// machine).
-fn best(n: u64, rounds: &[Duration]) -> f64 {
-    rounds.iter().map(|d| rate(n, *d)).fold(0.0, f64::max)
-}
-
-fn report(what: &str, n: u64, raw: &[Duration], busline: &[Duration]) {
-    let (r, b) = (best(n, raw), best(n, busline));
-    let each = |ds: &[Duration]| {
-        ds.iter()
-            .map(|d| format!("{:.0}", rate(n, *d)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    println!(
-        "{what:<26} raw {r:>10.0} ev/s   busline {b:>10.0} ev/s   ratio busline/raw {:.3}   (rounds: raw {} | busline {})",
-        b / r,
-        each(raw),
-        each(busline)
-    );
-}
-
 #[derive(Default)]
 struct Times {
     raw: Vec<Duration>,
@@ -206,12 +181,7 @@ struct Times {
 
 #[tokio::main]
 async fn main() {
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let env = busline_testkit::bench::env_u64;
     let n = env("BENCH_N", 20_000);
     let rounds = env("BENCH_ROUNDS", 3) as usize;
     let url = std::env::var("BUSLINE_TEST_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into());

@@ -18,6 +18,7 @@
 //! `cargo bench -p busline-nats --bench throughput`; the server is
 //! `BUSLINE_TEST_NATS_URL` or 127.0.0.1:4222, N is `BENCH_N` (20,000).
 
+use busline_testkit::bench::{best, report};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -178,30 +179,6 @@ async fn busline_consume(bus: &Bus, topic: &str, n: u64) -> Duration {
     start.elapsed()
 }
 
-fn rate(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
-fn best(n: u64, rounds: &[Duration]) -> f64 {
-    rounds.iter().map(|d| rate(n, *d)).fold(0.0, f64::max)
-}
-
-fn report(what: &str, n: u64, raw: &[Duration], busline: &[Duration]) {
-    let (r, b) = (best(n, raw), best(n, busline));
-    let each = |ds: &[Duration]| {
-        ds.iter()
-            .map(|d| format!("{:.0}", rate(n, *d)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    println!(
-        "{what:<28} raw {r:>9.0} ev/s   busline {b:>9.0} ev/s   ratio busline/raw {:.3}   (rounds: raw {} | busline {})",
-        b / r,
-        each(raw),
-        each(busline)
-    );
-}
-
 #[derive(Default)]
 struct Times {
     raw: [Vec<Duration>; 3],
@@ -232,12 +209,7 @@ impl Times {
 
 #[tokio::main]
 async fn main() {
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let env = busline_testkit::bench::env_u64;
     let n = env("BENCH_N", 20_000);
     let rounds = env("BENCH_ROUNDS", 3) as usize;
     let url = std::env::var("BUSLINE_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
