@@ -4,6 +4,35 @@
 
 use std::time::Duration;
 
+use busline_core::Event;
+use serde::{Deserialize, Serialize};
+
+/// The event the Kafka and NATS benches publish: a sequence number (which
+/// the consuming side sums to check that every event arrived once), an
+/// order id and a total.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// Position in the run, from 0.
+    pub seq: u64,
+    /// `order-` and the sequence number.
+    pub order_id: String,
+    /// Seven cents per sequence number.
+    pub total_cents: u64,
+}
+
+impl Event for OrderPlaced {
+    const TYPE: &'static str = "order.placed";
+}
+
+/// The `seq`th event of a run.
+pub fn order(seq: u64) -> OrderPlaced {
+    OrderPlaced {
+        seq,
+        order_id: format!("order-{seq:08}"),
+        total_cents: seq * 7,
+    }
+}
+
 /// Events per second of `n` events in `elapsed`.
 pub fn rate(n: u64, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()

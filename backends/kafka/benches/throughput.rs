@@ -20,7 +20,7 @@
 //! `cargo bench -p busline-kafka --bench throughput`; the broker is
 //! `BUSLINE_TEST_KAFKA_URL` or 127.0.0.1:9092, N is `BENCH_N` (20,000).
 
-use busline_testkit::bench::report;
+use busline_testkit::bench::{order, report, OrderPlaced};
 use std::time::{Duration, Instant};
 
 use busline_core::{Bus, BusConfig, BusSettings, DomainEvent, Event, StartFrom, SubscribeOptions};
@@ -30,29 +30,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OrderPlaced {
-    seq: u64,
-    order_id: String,
-    total_cents: u64,
-}
-
-impl Event for OrderPlaced {
-    const TYPE: &'static str = "order.placed";
-}
 
 const CHUNK: usize = 1_000;
 const IN_FLIGHT: usize = 256;
-
-fn order(seq: u64) -> OrderPlaced {
-    OrderPlaced {
-        seq,
-        order_id: format!("order-{seq:08}"),
-        total_cents: seq * 7,
-    }
-}
 
 fn raw_producer(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()

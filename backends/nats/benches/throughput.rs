@@ -18,7 +18,7 @@
 //! `cargo bench -p busline-nats --bench throughput`; the server is
 //! `BUSLINE_TEST_NATS_URL` or 127.0.0.1:4222, N is `BENCH_N` (20,000).
 
-use busline_testkit::bench::{best, report};
+use busline_testkit::bench::{best, order, report, OrderPlaced};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -26,29 +26,9 @@ use async_nats::HeaderMap;
 use busline_core::{Bus, BusConfig, BusSettings, DomainEvent, Event, StartFrom, SubscribeOptions};
 use busline_nats::{NatsBus, NatsConfig, TopicNames};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OrderPlaced {
-    seq: u64,
-    order_id: String,
-    total_cents: u64,
-}
-
-impl Event for OrderPlaced {
-    const TYPE: &'static str = "order.placed";
-}
 
 const CHUNK: usize = 1_000;
 const IN_FLIGHT: usize = 256;
-
-fn order(seq: u64) -> OrderPlaced {
-    OrderPlaced {
-        seq,
-        order_id: format!("order-{seq:08}"),
-        total_cents: seq * 7,
-    }
-}
 
 /// The header sets the raw side writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
