@@ -1387,3 +1387,31 @@ fn every_known_attribute_has_its_own_slot() {
     assert_eq!(known_slot(b"tenant"), None);
     assert_eq!(known_slot(b"ID"), None, "names are lower-cased before the lookup");
 }
+
+#[test]
+fn ids_read_back_exactly_as_a_producer_wrote_them() {
+    // busline keeps a UUID's canonical text inline and any other id as text;
+    // either way the id is the producer's bytes, and it travels on as them.
+    for written in [
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", // canonical: held inline
+        "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B", // upper case: held as text
+        "{0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b}",
+        "order-17/attempt 2",
+    ] {
+        for (label, dialect) in DIALECTS {
+            let event = minimal_event()
+                .with_id(written)
+                .with_causation_id(written)
+                .with_correlation_id(written);
+            let read = round_trip(&dialect, &event);
+            assert_eq!(read.id.as_str(), written, "{label}");
+            assert_eq!(read.correlation_id, written, "{label}");
+            assert_eq!(read.causation_id.as_deref(), Some(written), "{label}");
+            assert_eq!(
+                read.id.as_uuid().is_some(),
+                written.starts_with("0190a1b2"),
+                "{label}: only the canonical text is read as a UUID"
+            );
+        }
+    }
+}
