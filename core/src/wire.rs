@@ -564,11 +564,52 @@ pub(crate) fn read_attributes<V: AsRef<str>>(
 /// Reads an RFC 3339 time, refusing one that could not be written back
 /// ([`check_time`]).
 pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, EnvelopeError> {
-    let time = DateTime::parse_from_rfc3339(text)
-        .map_err(|e| EnvelopeError::invalid(attr::TIME, format!("`{text}` is not RFC 3339: {e}")))?
-        .with_timezone(&Utc);
+    let time = match parse_utc_time(text) {
+        Some(time) => time,
+        None => DateTime::parse_from_rfc3339(text)
+            .map_err(|e| EnvelopeError::invalid(attr::TIME, format!("`{text}` is not RFC 3339: {e}")))?
+            .with_timezone(&Utc),
+    };
     check_time(&time)?;
     Ok(time)
+}
+
+/// Reads the form busline and most producers write,
+/// `YYYY-MM-DDTHH:MM:SS[.f]Z` with one to nine fraction digits, without
+/// chrono's general parser (about 530 instructions per event received);
+/// `None` for anything else (offsets, lower-case letters, leap seconds, an
+/// impossible date), which chrono then reads or refuses. Where it reads a
+/// time, it reads the one chrono would (a test compares the two).
+fn parse_utc_time(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    if b.len() < 20 || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    for (at, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+        if b[at] != sep {
+            return None;
+        }
+    }
+    let number = |digits: &[u8]| {
+        digits.iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let (year, month, day) = (number(&b[0..4])?, number(&b[5..7])?, number(&b[8..10])?);
+    let (hour, minute, second) = (number(&b[11..13])?, number(&b[14..16])?, number(&b[17..19])?);
+    let nanos = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', fraction @ ..] if (1..=9).contains(&fraction.len()) => {
+            number(fraction)? * 10u32.pow(9 - fraction.len() as u32)
+        }
+        _ => return None,
+    };
+    if second > 59 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?;
+    let time = chrono::NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
+    Some(chrono::NaiveDateTime::new(date, time).and_utc())
 }
 
 /// What a broker carries outside its header table.

@@ -1415,3 +1415,70 @@ fn ids_read_back_exactly_as_a_producer_wrote_them() {
         }
     }
 }
+
+#[test]
+fn the_fast_time_reader_reads_what_chrono_reads() {
+    let chrono_reads = |text: &str| {
+        DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut texts: Vec<String> = (0..3_000)
+        .map(|_| TimeText::of(&random_time(&mut rng)).as_str().to_owned())
+        .collect();
+    // The shape with any digits: impossible dates and times, every
+    // fraction length, and near misses of the shape.
+    for _ in 0..20_000 {
+        let digits = |rng: &mut fastrand::Rng, n: usize| -> String {
+            (0..n).map(|_| char::from(b'0' + rng.u8(0..10))).collect()
+        };
+        let fraction = match rng.u8(0..12) {
+            0 => String::new(),
+            n => format!(".{}", digits(&mut rng, n as usize)),
+        };
+        let mut text = format!(
+            "{}-{}-{}T{}:{}:{}{fraction}Z",
+            digits(&mut rng, 4),
+            digits(&mut rng, 2),
+            digits(&mut rng, 2),
+            digits(&mut rng, 2),
+            digits(&mut rng, 2),
+            digits(&mut rng, 2),
+        );
+        if rng.u8(0..8) == 0 {
+            let at = rng.usize(..text.len());
+            let swap = [b'-', b':', b'T', b't', b'z', b' ', b'+', b'.', b'x', b'9'][rng.usize(..10)];
+            // The text is ASCII: any index is a character boundary.
+            text.replace_range(at..at + 1, std::str::from_utf8(&[swap]).unwrap());
+        }
+        texts.push(text);
+    }
+    for edge in [
+        "2024-02-29T23:59:59.999999999Z",
+        "2023-02-29T00:00:00Z",
+        "2016-12-31T23:59:60Z",
+        "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "2024-01-02T03:04:05z",
+        "2024-01-02t03:04:05Z",
+        "2024-01-02T03:04:05.Z",
+        "2024-01-02T03:04:05.1234567891Z",
+        "2024-01-02T24:00:00Z",
+    ] {
+        texts.push(edge.to_owned());
+    }
+    let mut fast = 0;
+    for text in &texts {
+        if let Some(time) = parse_utc_time(text) {
+            fast += 1;
+            assert_eq!(Some(time), chrono_reads(text), "{text}");
+        }
+        assert_eq!(
+            parse_time(text).ok(),
+            chrono_reads(text).filter(|t| check_time(t).is_ok()),
+            "{text}"
+        );
+    }
+    assert!(fast > 3_000, "the fast path read the canonical texts ({fast})");
+}
