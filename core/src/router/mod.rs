@@ -15,7 +15,7 @@ mod running;
 mod service;
 mod shared;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -489,7 +489,7 @@ impl<S: Clone + Send + Sync + 'static, L, P> Router<S, L, P> {
         }
         let mut tables = Vec::new();
         for (topic, entries) in std::mem::take(&mut self.routes) {
-            let table: HashMap<&'static str, Arc<dyn Route>> = entries
+            let table: shared::RouteTable = entries
                 .into_iter()
                 .map(|(t, make)| (t, make(&self.upcasters)))
                 .collect();

@@ -2,7 +2,6 @@
 //! (`dispatch`) share: the route table, the router's settings and counters.
 //! Its own module so that the two import it, not each other.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -72,4 +71,27 @@ pub(crate) struct Shared {
     pub(crate) abandon: watch::Receiver<bool>,
 }
 
-pub(crate) type RouteTable = HashMap<&'static str, Arc<dyn Route>>;
+/// A topic's routes by event type. A topic carries a handful of types
+/// (`Router::on` refuses a second handler for one), so a scan of their names
+/// beats hashing the name of every delivery (SipHash took about 200
+/// instructions per event).
+pub(crate) struct RouteTable(Box<[(&'static str, Arc<dyn Route>)]>);
+
+impl RouteTable {
+    pub(crate) fn get(&self, event_type: &str) -> Option<&Arc<dyn Route>> {
+        self.0
+            .iter()
+            .find(|(t, _)| *t == event_type)
+            .map(|(_, route)| route)
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Arc<dyn Route>> {
+        self.0.iter().map(|(_, route)| route)
+    }
+}
+
+impl FromIterator<(&'static str, Arc<dyn Route>)> for RouteTable {
+    fn from_iter<I: IntoIterator<Item = (&'static str, Arc<dyn Route>)>>(routes: I) -> Self {
+        Self(routes.into_iter().collect())
+    }
+}
