@@ -103,8 +103,8 @@ impl<E: Event> DomainEvent<E> {
 impl<T> DomainEvent<T> {
     /// A new envelope of any type name and version around `data`, with a
     /// fresh id, the current time and its own correlation chain; for
-    /// payloads that are not an [`Event`] type (a backend's decoded message,
-    /// a CLI's hand-written payload). Set the rest with the `with_*` methods.
+    /// payloads that are not an [`Event`] type (bytes from elsewhere, a
+    /// payload written by hand). Set the rest with the `with_*` methods.
     ///
     /// ```
     /// use busline_core::{DomainEvent, Payload};
