@@ -234,7 +234,7 @@ impl Payload {
 
     /// JSON bytes (`application/json`).
     pub fn json(bytes: impl Into<Bytes>) -> Self {
-        Self::new(SmolStr::new_static("application/json"), bytes)
+        Self::new(SmolStr::new_static(busline_codecs::JSON_CONTENT_TYPE), bytes)
     }
 }
 

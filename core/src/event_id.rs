@@ -39,6 +39,9 @@ enum Repr {
 
 impl EventId {
     /// A fresh time-ordered id: a UUID v7.
+    // No `Default`: a derived `Default` of a struct holding an id would mint
+    // a random one, and there is no id that means "none".
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         Self::from_uuid(uuid::Uuid::now_v7())
     }
@@ -71,18 +74,19 @@ impl EventId {
     }
 
     fn parse(text: &str) -> Self {
-        match <&[u8; 36]>::try_from(text.as_bytes()) {
-            Ok(bytes) if is_canonical_uuid(bytes) => Self(Repr::Uuid(*bytes)),
-            _ => Self(Repr::Text(SmolStr::new(text))),
+        match canonical_uuid(text) {
+            Some(bytes) => Self(Repr::Uuid(bytes)),
+            None => Self(Repr::Text(SmolStr::new(text))),
         }
     }
 }
 
-impl Default for EventId {
-    /// A fresh id, as [`EventId::new`].
-    fn default() -> Self {
-        Self::new()
-    }
+/// `text`'s bytes if it is a canonical UUID, the only text held inline.
+fn canonical_uuid(text: &str) -> Option<[u8; 36]> {
+    <&[u8; 36]>::try_from(text.as_bytes())
+        .ok()
+        .filter(|bytes| is_canonical_uuid(bytes))
+        .copied()
 }
 
 /// Whether `text` is a UUID as `Uuid::hyphenated().encode_lower` writes it;
@@ -217,9 +221,9 @@ impl From<&EventId> for EventId {
 
 impl From<SmolStr> for EventId {
     fn from(text: SmolStr) -> Self {
-        match <&[u8; 36]>::try_from(text.as_bytes()) {
-            Ok(bytes) if is_canonical_uuid(bytes) => Self(Repr::Uuid(*bytes)),
-            _ => Self(Repr::Text(text)),
+        match canonical_uuid(&text) {
+            Some(bytes) => Self(Repr::Uuid(bytes)),
+            None => Self(Repr::Text(text)),
         }
     }
 }

@@ -151,7 +151,8 @@ pub fn decode_structured(body: &[u8], native_key: Option<&[u8]>) -> Result<RawEv
             )
         }
         (Some(raw), None) => {
-            let content_type = declared.unwrap_or_else(|| SmolStr::new_static("application/json"));
+            let content_type =
+                declared.unwrap_or_else(|| SmolStr::new_static(busline_codecs::JSON_CONTENT_TYPE));
             if is_json(&content_type) {
                 (content_type, Bytes::copy_from_slice(raw.get().as_bytes()))
             } else {
@@ -168,7 +169,7 @@ pub fn decode_structured(body: &[u8], native_key: Option<&[u8]>) -> Result<RawEv
             }
         }
         (None, None) => (
-            declared.unwrap_or_else(|| SmolStr::new_static("application/json")),
+            declared.unwrap_or_else(|| SmolStr::new_static(busline_codecs::JSON_CONTENT_TYPE)),
             Bytes::new(),
         ),
     };
