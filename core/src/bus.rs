@@ -265,6 +265,12 @@ impl Bus {
         self.transport.provision(topic, group).await
     }
 
+    /// Deletes `group` on `topic` with its DLQ and the events waiting in
+    /// them ([`EventBus::remove_group`]); other groups keep theirs.
+    pub async fn remove_group(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        self.transport.remove_group(topic, group).await
+    }
+
     /// Joins `group` on `topic` and returns its raw deliveries. Most
     /// applications use a [`Router`](crate::Router) instead.
     pub async fn subscribe(

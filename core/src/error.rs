@@ -176,6 +176,8 @@ pub enum SubscribeErrorKind {
     Connection,
     /// The bus was shut down.
     Closed,
+    /// The backend does not offer this operation.
+    Unsupported,
     /// Anything else the broker client reported.
     Other,
 }
@@ -187,6 +189,7 @@ impl fmt::Display for SubscribeErrorKind {
             Self::Topology => "topology could not be declared",
             Self::Connection => "connection to the broker failed",
             Self::Closed => "the bus is shut down",
+            Self::Unsupported => "not supported by this backend",
             Self::Other => "broker error",
         })
     }

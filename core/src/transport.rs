@@ -42,6 +42,20 @@ pub trait EventBus: Send + Sync + 'static {
     /// consumer subscribes. Idempotent.
     async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError>;
 
+    /// Deletes what [`provision`](Self::provision) created for `group` on
+    /// `topic` (the group's queue, consumer or committed offsets, its retry
+    /// resources and its dead-letter topic), with the events and dead
+    /// letters waiting in them. The topic and its other groups are left as
+    /// they are. For throwaway groups (an operator's tail, a health check)
+    /// and decommissioned ones. Idempotent: a group that does not exist is
+    /// removed already. Members still subscribed may see their stream fail.
+    ///
+    /// The default reports [`SubscribeErrorKind::Unsupported`](crate::SubscribeErrorKind::Unsupported).
+    async fn remove_group(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        let _ = group;
+        Err(SubscribeError::new(crate::SubscribeErrorKind::Unsupported, topic))
+    }
+
     /// Joins `group` on `topic` as one competing member. Provisions the group
     /// first.
     async fn subscribe(
@@ -62,7 +76,7 @@ pub trait EventBus: Send + Sync + 'static {
 /// Every type that implements it is an `EventBus`: `publish`,
 /// `publish_batch` and `subscribe` go through the hooks below, which
 /// forward to [`inner`](Self::inner) unless overridden; `capabilities`,
-/// `provision` and `shutdown` are the inner bus's. So a decorator states
+/// `provision` and `shutdown` `remove_group` are the inner bus's. So a decorator states
 /// only what it changes.
 ///
 /// ```
@@ -131,6 +145,10 @@ impl<D: BusDecorator> EventBus for D {
 
     async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
         self.inner().provision(topic, group).await
+    }
+
+    async fn remove_group(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        self.inner().remove_group(topic, group).await
     }
 
     async fn subscribe(

@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
             s14_publisher_closed_with_events_in_flight => publisher_closed_with_events_in_flight,
             s16_dlq_replay => dlq_replay,
             s17_provisioned_group_keeps_events => provisioned_group_keeps_events,
+            s20_remove_group_deletes_its_events => remove_group_deletes_its_events,
         );
     };
     (@tests $fixture:expr, $rt:tt, $($name:ident => $scenario:ident,)*) => {

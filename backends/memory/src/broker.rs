@@ -164,6 +164,19 @@ impl BrokerState {
         queue
     }
 
+    /// Forgets `group` on `topic` and on its DLQ. Members still holding the
+    /// queue drain what it had; publishes no longer reach it.
+    pub(crate) fn remove_group(&self, topic: &str, group: &str) {
+        for name in [topic.to_owned(), dead_letter_topic(topic, group)] {
+            let Some(topic) = self.topic(&name) else { continue };
+            let mut groups = topic.groups.write().unwrap_or_else(|p| p.into_inner());
+            if groups.iter().any(|(g, _)| g == group) {
+                let next = groups.iter().filter(|(g, _)| g != group).cloned().collect();
+                *groups = Arc::new(next);
+            }
+        }
+    }
+
     fn group_only(&self, topic: &str, group: &str) -> Arc<GroupQueue> {
         let topic = self.topic_or_create(topic);
         let mut groups = topic.groups.write().unwrap_or_else(|p| p.into_inner());

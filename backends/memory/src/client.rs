@@ -154,6 +154,14 @@ impl EventBus for MemoryBus {
         Ok(())
     }
 
+    async fn remove_group(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        if self.closed.is_set() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        self.broker.state.remove_group(topic, group);
+        Ok(())
+    }
+
     async fn subscribe(
         &self,
         topic: &str,

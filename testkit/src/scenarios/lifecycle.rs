@@ -343,3 +343,92 @@ pub async fn broker_restart_loses_no_confirmed_event(fixture: &dyn BusFixture) {
     publisher.shutdown().await;
     consumer.shutdown().await;
 }
+
+/// Scenario 20: Removing a group deletes its waiting events and its dead
+/// letters, leaves the topic's other groups as they were, is idempotent, and
+/// a group provisioned again under the same name starts empty.
+pub async fn remove_group_deletes_its_events(fixture: &dyn BusFixture) {
+    use busline_core::{dead_letter_topic, DeadLetterReason};
+    let bus = fixture.connect().await;
+    let (topic, group, other) = (unique("removed"), unique("g"), unique("other"));
+    bus.provision(&topic, &group).await.unwrap();
+    bus.provision(&topic, &other).await.unwrap();
+    // One key: on Kafka the events share a partition, so "the first delivery"
+    // below means "the oldest event the group still has".
+    let keyed = |seq| DomainEvent::new(Ping::new(seq)).with_key("removed");
+    bus.publish_event(&topic, keyed(1)).await.unwrap();
+    {
+        let mut sub = bus
+            .subscribe(&topic, &group, SubscribeOptions::default())
+            .await
+            .unwrap();
+        let d = next_delivery(&mut sub, "the event to dead-letter").await;
+        assert_eq!(seq_of(&bus, &d), 1);
+        d.dead_letter(DeadLetterReason::Manual, "before removal")
+            .await
+            .unwrap();
+    }
+    bus.publish_event(&topic, keyed(2)).await.unwrap();
+
+    match bus.remove_group(&topic, &group).await {
+        Err(e) if e.kind() == busline_core::SubscribeErrorKind::Unsupported => {
+            skip(fixture.name(), "remove_group", "the backend cannot remove groups");
+            bus.shutdown().await;
+            return;
+        }
+        other => other.expect("remove the group with one event waiting and one dead letter"),
+    }
+    bus.remove_group(&topic, &group)
+        .await
+        .expect("removing a removed group is fine");
+
+    bus.provision(&topic, &group).await.unwrap();
+    bus.publish_event(&topic, keyed(3)).await.unwrap();
+    let mut sub = bus
+        .subscribe(&topic, &group, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let d = next_delivery(&mut sub, "the first event after the group came back").await;
+    assert_eq!(
+        seq_of(&bus, &d),
+        3,
+        "the removed group's waiting event 2 (or 1) came back with the new group"
+    );
+    d.dead_letter(DeadLetterReason::Manual, "after removal")
+        .await
+        .unwrap();
+    drop(sub);
+    let mut letters = bus
+        .subscribe(
+            &dead_letter_topic(&topic, &group),
+            &group,
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let letter = next_delivery(&mut letters, "the dead letter of the new group").await;
+    assert_eq!(
+        seq_of(&bus, &letter),
+        3,
+        "the removed group's dead letter (event 1) came back with the new group"
+    );
+    letter.ack().await.unwrap();
+    drop(letters);
+
+    let mut kept = bus
+        .subscribe(&topic, &other, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let d = next_delivery(&mut kept, "the other group's events").await;
+        seen.push(seq_of(&bus, &d));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(seen, vec![1, 2, 3], "the other group keeps all its events");
+    drop(kept);
+    for g in [&group, &other] {
+        bus.remove_group(&topic, g).await.unwrap();
+    }
+    bus.shutdown().await;
+}

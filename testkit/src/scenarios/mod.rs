@@ -21,7 +21,7 @@ pub use failure::{
 pub use hostile::{hostile_input, poison_message, HostileOutcome, Poison};
 pub use lifecycle::{
     broker_restart_loses_no_confirmed_event, graceful_shutdown, publisher_closed_with_events_in_flight,
-    unacked_deliveries_survive_consumer_restart,
+    remove_group_deletes_its_events, unacked_deliveries_survive_consumer_restart,
 };
 pub use routing::{correlation_and_causation, dlq_replay, order_per_key, typed_routing_and_versions};
 
