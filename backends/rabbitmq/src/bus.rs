@@ -308,6 +308,27 @@ impl EventBus for RabbitBus {
         .map_err(|e| Self::subscribe_error(topic, e))
     }
 
+    async fn remove_group(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        if self.is_closed() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        let retry = RetryTuning::new(&self.inner.config);
+        tokio::time::timeout(
+            self.inner.config.operation_timeout,
+            self.inner
+                .topology
+                .remove(&self.inner.consume_link, topic, group, &retry),
+        )
+        .await
+        .map_err(|_| {
+            Self::subscribe_error(
+                topic,
+                TopologyError::Link(LinkError::Connect("removing the group timed out".into())),
+            )
+        })?
+        .map_err(|e| Self::subscribe_error(topic, e))
+    }
+
     async fn subscribe(
         &self,
         topic: &str,

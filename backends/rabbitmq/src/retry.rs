@@ -67,6 +67,14 @@ impl RetryTuning {
         ttl
     }
 
+    /// Every bucket TTL [`bucket_ttl_ms`](Self::bucket_ttl_ms) can pick: the
+    /// base doubled until the cap, so a group's buckets can be found by name.
+    pub(crate) fn bucket_ttls_ms(&self) -> impl Iterator<Item = u64> {
+        std::iter::successors(Some(self.base_ms), |ttl| {
+            (*ttl <= MAX_TTL_MS / 2).then_some(ttl * 2)
+        })
+    }
+
     /// How long a delivery whose copy (dead letter, retry) failed `failures`
     /// times in a row waits before it is handled again: the first backoff
     /// doubled per further failure, at most the longest.
@@ -144,6 +152,17 @@ pub(crate) async fn declare_bucket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_bucket_ttl_is_listed_for_removal() {
+        let t = tuning(Duration::from_millis(250));
+        let listed: Vec<u64> = t.bucket_ttls_ms().collect();
+        for ms in [0, 1, 249, 250, 251, 1_000, 60_000, 86_400_000, u64::MAX] {
+            let ttl = t.bucket_ttl_ms(Duration::from_millis(ms));
+            assert!(listed.contains(&ttl), "bucket {ttl} ms (for {ms} ms) not listed");
+        }
+        assert!(listed.len() <= 33, "{} buckets", listed.len());
+    }
 
     fn tuning(base: Duration) -> RetryTuning {
         RetryTuning::new(&RabbitConfig {

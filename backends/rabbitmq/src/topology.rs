@@ -8,12 +8,14 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use busline_core::dead_letter_topic;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::config::QueueType;
-use crate::connection::{Link, LinkError};
+use crate::connection::{Link, LinkError, Live};
 use crate::retry::{self, Bucket};
 
 /// Why a topology could not be declared.
@@ -246,6 +248,91 @@ impl Topology {
         Ok(())
     }
 
+    /// Deletes every queue `provision` and the group's retries can have made
+    /// for `group` on `topic` and on its dead-letter topic (group queue,
+    /// parking queue, retry buckets of every TTL `retry` can pick, and the
+    /// single retry queue of older versions), and the dead-letter topic's
+    /// exchange unless another group (an operator's tail of the DLQ) is
+    /// still bound to it: deleting it would silently unbind that group. The
+    /// topic's exchange stays: other groups are bound to it. Idempotent:
+    /// RabbitMQ 3.x answers `delete-ok` for a missing queue or exchange,
+    /// and a 404 from another broker is taken as "gone" too.
+    pub(crate) async fn remove(
+        &self,
+        link: &Link,
+        topic: &str,
+        group: &str,
+        retry: &retry::RetryTuning,
+    ) -> Result<(), TopologyError> {
+        let dlq = dead_letter_topic(topic, group);
+        let mut queues = Vec::new();
+        for t in [topic, dlq.as_str()] {
+            let queue = queue_name(t, group)?;
+            let prefix = retry_queue_name(t, group)?;
+            queues.extend(
+                retry
+                    .bucket_ttls_ms()
+                    .map(|ttl| Bucket::new(prefix.as_str(), ttl, &queue).name),
+            );
+            queues.push(prefix);
+            queues.push(unparseable_queue_name(t, group)?);
+            queues.push(queue);
+        }
+        let dlq_exchange = exchange_name(&dlq)?;
+        // Forgotten before (a removal cancelled at its deadline still leaves
+        // no stale entry) and after (a provision racing the deletions
+        // remembered queues that are gone now).
+        self.forget_removed(topic, group, &dlq, &queues);
+        let live = link.connection().await.map_err(TopologyError::Link)?;
+        let result = async {
+            // A refusal closes its channel: each call that may be refused
+            // as an answer (404, 406) gets a fresh one if the last was closed.
+            let mut channel: Option<Channel> = None;
+            for queue in &queues {
+                let c = open(&live, &mut channel).await?;
+                match c.queue_delete(queue.clone(), QueueDeleteOptions::default()).await {
+                    Ok(_) => {}
+                    Err(e) if reply_code(&e) == Some(404) => channel = None,
+                    Err(e) => return Err(TopologyError::Broker(e)),
+                }
+            }
+            let c = open(&live, &mut channel).await?;
+            let if_unused = ExchangeDeleteOptions {
+                if_unused: true,
+                ..ExchangeDeleteOptions::default()
+            };
+            let deleted = match c.exchange_delete(dlq_exchange.clone(), if_unused).await {
+                Ok(()) => Ok(()),
+                Err(e) => match reply_code(&e) {
+                    Some(404) => Ok(()),
+                    Some(406) => {
+                        tracing::debug!(exchange = %dlq_exchange, "other groups consume the dead-letter topic; its exchange stays");
+                        Ok(())
+                    }
+                    _ => Err(TopologyError::Broker(e)),
+                },
+            };
+            if let Some(c) = channel.filter(|c| c.status().connected()) {
+                let _ = c.close(200, "removed".into()).await;
+            }
+            deleted
+        }
+        .await;
+        self.forget_removed(topic, group, &dlq, &queues);
+        result
+    }
+
+    fn forget_removed(&self, topic: &str, group: &str, dlq: &str, queues: &[ShortString]) {
+        self.forget_group(topic, group);
+        // The group on its own DLQ topic, cached when it consumed it.
+        self.forget_group(dlq, group);
+        self.forget_exchange(dlq);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        for q in queues {
+            buckets.1.remove(q);
+        }
+    }
+
     /// Declares `group` on `topic` and its dead-letter topic on `channel`,
     /// without the cache: consumers call it on every (re)connection.
     pub(crate) async fn declare_with_dlq(
@@ -350,6 +437,28 @@ impl Topology {
                 .map_err(TopologyError::Broker)?;
         }
         Ok(())
+    }
+}
+
+/// `channel` if it is still open, else a new one on `live`.
+async fn open(live: &Live, channel: &mut Option<Channel>) -> Result<Channel, TopologyError> {
+    if let Some(c) = channel.as_ref().filter(|c| c.status().connected()) {
+        return Ok(c.clone());
+    }
+    let c = live
+        .connection
+        .create_channel()
+        .await
+        .map_err(TopologyError::Broker)?;
+    *channel = Some(c.clone());
+    Ok(c)
+}
+
+/// The AMQP reply code of a refusal by the broker.
+fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
     }
 }
 
