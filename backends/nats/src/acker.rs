@@ -43,6 +43,9 @@ pub(crate) struct Received {
     pub(crate) payload: Bytes,
     pub(crate) topic: Arc<str>,
     pub(crate) stream: Arc<str>,
+    /// The group's [`group_key`](crate::shared::group_key), under which its
+    /// attempts are remembered.
+    pub(crate) group_key: Arc<str>,
     /// Subject prefix of the topic, `<token>.`.
     pub(crate) prefix_len: usize,
     pub(crate) stream_sequence: u64,
@@ -118,12 +121,12 @@ impl Pending {
         let r = &self.received;
         self.shared
             .attempts
-            .returned(&r.stream, r.stream_sequence, r.attempt);
+            .returned(&r.group_key, r.stream_sequence, r.attempt);
     }
 
     fn settled(&self) {
         let r = &self.received;
-        self.shared.attempts.settled(&r.stream, r.stream_sequence);
+        self.shared.attempts.settled(&r.group_key, r.stream_sequence);
     }
 
     fn topic(&self) -> String {

@@ -17,11 +17,12 @@ use busline_core::{dead_letter_topic, BoxError, DeadLetter, DeadLetterReason};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::headers;
 use crate::naming::TopicNames;
 use crate::rawmsg::{self, base64_decode};
-use crate::shared::Shared;
+use crate::shared::{group_key, Shared};
 
 /// The (stream, consumer) whose advisories one task watches.
 pub(crate) struct Watched {
@@ -65,28 +66,27 @@ struct StoredMessage {
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Starts watching `w` on `shared`'s connection, once per (stream,
-/// consumer) and connection; the task ends with the connection.
-pub(crate) fn watch(shared: &Arc<Shared>, w: Watched) {
-    let key = format!("{}.{}", w.stream, w.consumer);
-    if !shared
-        .watched
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key)
-    {
-        return;
+/// consumer) and connection, and returns the group's token: the task ends
+/// with the connection, or when `remove_group` cancels the token (the
+/// consumer is gone, no advisory will come for it).
+pub(crate) fn watch(shared: &Arc<Shared>, w: Watched) -> CancellationToken {
+    let (life, new) = shared.group_life(&group_key(&w.stream, &w.consumer));
+    if !new {
+        return life;
     }
     let shared = shared.clone();
+    let token = life.clone();
     tokio::spawn(async move {
         let w = Arc::new(w);
-        run(&shared, &w).await;
-        if !shared.is_closed() {
+        run(&shared, &w, &token).await;
+        if !token.is_cancelled() {
             tracing::error!(stream = %w.stream, consumer = %w.consumer, "max-deliveries watcher ended before its connection");
         }
     });
+    life
 }
 
-async fn run(shared: &Arc<Shared>, w: &Arc<Watched>) {
+async fn run(shared: &Arc<Shared>, w: &Arc<Watched>, life: &CancellationToken) {
     let subject = format!(
         "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
         w.stream, w.consumer
@@ -96,14 +96,14 @@ async fn run(shared: &Arc<Shared>, w: &Arc<Watched>) {
         // A queue group: of all the connections of a group, one writes the
         // letter (and the DLQ's duplicate window drops a second anyway).
         let sub = tokio::select! {
-            _ = shared.closed.cancelled() => return,
+            _ = life.cancelled() => return,
             s = shared.client.queue_subscribe(subject.clone(), "busline".into()) => s,
         };
         let mut sub = match sub {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%subject, error = %e, "cannot subscribe to max-deliveries advisories; retrying");
-                if !pause(shared, &mut backoff).await {
+                if !pause(life, &mut backoff).await {
                     return;
                 }
                 continue;
@@ -111,26 +111,26 @@ async fn run(shared: &Arc<Shared>, w: &Arc<Watched>) {
         };
         loop {
             let next = tokio::select! {
-                _ = shared.closed.cancelled() => return,
+                _ = life.cancelled() => return,
                 n = sub.next() => n,
             };
             let Some(message) = next else { break };
             match serde_json::from_slice::<Advisory>(&message.payload) {
-                Ok(a) => move_aside(shared, w, a).await,
+                Ok(a) => move_aside(shared, w, life, a).await,
                 Err(e) => tracing::warn!(%subject, error = %e, "unreadable max-deliveries advisory"),
             }
         }
         tracing::warn!(%subject, "max-deliveries advisory subscription ended; subscribing again");
-        if !pause(shared, &mut backoff).await {
+        if !pause(life, &mut backoff).await {
             return;
         }
     }
 }
 
-/// Sleeps `backoff` (then doubles it); false once the connection closes.
-async fn pause(shared: &Shared, backoff: &mut Duration) -> bool {
+/// Sleeps `backoff` (then doubles it); false once `life` ends.
+async fn pause(life: &CancellationToken, backoff: &mut Duration) -> bool {
     tokio::select! {
-        _ = shared.closed.cancelled() => return false,
+        _ = life.cancelled() => return false,
         _ = tokio::time::sleep(*backoff) => {}
     }
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
@@ -139,9 +139,9 @@ async fn pause(shared: &Shared, backoff: &mut Duration) -> bool {
 
 /// Writes the letter of stream message `a.stream_seq`, retrying with
 /// backoff until it is stored, the message is gone, or the connection
-/// closes: the server will not deliver it again, so this is its last way
-/// out.
-async fn move_aside(shared: &Arc<Shared>, w: &Watched, a: Advisory) {
+/// closes (or the group is removed, its letters with it): the server will
+/// not deliver it again, so this is its last way out.
+async fn move_aside(shared: &Arc<Shared>, w: &Watched, life: &CancellationToken, a: Advisory) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match try_move_aside(shared, w, &a).await {
@@ -164,7 +164,7 @@ async fn move_aside(shared: &Arc<Shared>, w: &Watched, a: Advisory) {
             }
             Err(e) => {
                 tracing::warn!(stream = %w.stream, seq = a.stream_seq, error = %e, retry_in = ?backoff, "cannot move a message the server stopped delivering to the DLQ; retrying");
-                if !pause(shared, &mut backoff).await {
+                if !pause(life, &mut backoff).await {
                     return;
                 }
             }

@@ -6,7 +6,8 @@
 //! which is what a member leaving its group leaves behind. The retry policy
 //! counts on attempts growing, so each connection remembers the attempt of
 //! every event it returned to the server and numbers its next delivery at
-//! least one higher.
+//! least one higher. Each group counts its own deliveries, so the memory is
+//! per group ([`group_key`](crate::shared::group_key)), not per stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,29 +23,38 @@ pub(crate) struct AttemptFloor {
 }
 
 impl AttemptFloor {
-    /// The attempt number of a delivery of stream message `seq`.
-    pub(crate) fn attempt(&self, stream: &Arc<str>, seq: u64, delivered: u32) -> u32 {
+    /// The attempt number of a delivery of stream message `seq` to `group`.
+    pub(crate) fn attempt(&self, group: &Arc<str>, seq: u64, delivered: u32) -> u32 {
         let returned = self.returned.lock().unwrap_or_else(|p| p.into_inner());
-        match returned.get(&(stream.clone(), seq)) {
+        match returned.get(&(group.clone(), seq)) {
             Some(last) => delivered.max(last.saturating_add(1)),
             None => delivered,
         }
     }
 
     /// The delivery with `attempt` went back to the server.
-    pub(crate) fn returned(&self, stream: &Arc<str>, seq: u64, attempt: u32) {
+    pub(crate) fn returned(&self, group: &Arc<str>, seq: u64, attempt: u32) {
         let mut returned = self.returned.lock().unwrap_or_else(|p| p.into_inner());
         if returned.len() >= CAPACITY {
             returned.clear();
         }
-        returned.insert((stream.clone(), seq), attempt);
+        returned.insert((group.clone(), seq), attempt);
     }
 
     /// The message is settled for good.
-    pub(crate) fn settled(&self, stream: &Arc<str>, seq: u64) {
+    pub(crate) fn settled(&self, group: &Arc<str>, seq: u64) {
         let mut returned = self.returned.lock().unwrap_or_else(|p| p.into_inner());
         if !returned.is_empty() {
-            returned.remove(&(stream.clone(), seq));
+            returned.remove(&(group.clone(), seq));
+        }
+    }
+
+    /// The group was removed: a group made again under its name starts at
+    /// the server's count.
+    pub(crate) fn forget(&self, group: &str) {
+        let mut returned = self.returned.lock().unwrap_or_else(|p| p.into_inner());
+        if !returned.is_empty() {
+            returned.retain(|(g, _), _| &**g != group);
         }
     }
 }
@@ -63,5 +73,15 @@ mod tests {
         assert_eq!(f.attempt(&s, 1, 7), 7);
         f.settled(&s, 1);
         assert_eq!(f.attempt(&s, 1, 1), 1);
+    }
+
+    #[test]
+    fn groups_count_apart_and_a_removed_group_starts_over() {
+        let f = AttemptFloor::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("s.a".into(), "s.b".into());
+        f.returned(&a, 1, 3);
+        assert_eq!(f.attempt(&b, 1, 1), 1, "another group's returns do not count");
+        f.forget("s.a");
+        assert_eq!(f.attempt(&a, 1, 1), 1);
     }
 }

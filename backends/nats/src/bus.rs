@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use busline_core::backend::async_trait;
 use busline_core::{
-    Capabilities, ConfigError, ConsumeError, EventBus, PublishError, RawEvent, RetryPolicy, SubscribeError,
+    Capabilities, ConfigError, EventBus, PublishError, RawEvent, RetryPolicy, SubscribeError,
     SubscribeErrorKind, SubscribeOptions, Subscription,
 };
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use crate::config::{NatsConfig, Storage};
 use crate::consumer::Member;
 use crate::naming::consumer_name;
 use crate::reconnect::StormGuard;
-use crate::shared::Shared;
+use crate::shared::{group_key, Shared};
 use crate::topology::{Topology, TopologyError};
 
 /// One connection to a NATS server (or cluster) with JetStream. Cloning
@@ -91,7 +91,7 @@ impl NatsBus {
                 in_flight: Default::default(),
                 attempts: Default::default(),
                 wire: Default::default(),
-                watched: Default::default(),
+                groups: Default::default(),
                 stats: Default::default(),
             }),
         }
@@ -183,6 +183,26 @@ impl EventBus for NatsBus {
             .map_err(|e| subscribe_error(&self.shared, topic, e))
     }
 
+    /// Members of the group on this connection end first, with an error,
+    /// so that none declares the consumer again on its next pull; members
+    /// on other connections do that, though, and bring the group back
+    /// (empty, from their `start_from`).
+    async fn remove_group(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        if self.shared.is_closed() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        let fail = |e| subscribe_error(&self.shared, topic, e);
+        let durable = consumer_name(group).ok_or_else(|| fail(TopologyError::InvalidName))?;
+        // The DLQ levels too: a member reading the group's own DLQ would
+        // declare it again as well.
+        for names in Topology::levels(topic, group).map_err(fail)? {
+            self.shared.end_group(&group_key(&names.stream, &durable));
+        }
+        self.shared.topology.remove(topic, group).await.map_err(fail)?;
+        tracing::debug!(topic, group, "group removed");
+        Ok(())
+    }
+
     async fn subscribe(
         &self,
         topic: &str,
@@ -198,18 +218,18 @@ impl EventBus for NatsBus {
             .provision(topic, group, options.start_from)
             .await
             .map_err(|e| subscribe_error(&self.shared, topic, e))?;
-        if let Some(consumer) = consumer_name(group) {
-            advisory::watch(
-                &self.shared,
-                Watched {
-                    stream: names.stream.clone(),
-                    consumer,
-                    topic: topic.to_owned(),
-                    group: group.to_owned(),
-                    names: names.clone(),
-                },
-            );
-        }
+        let consumer_name = consumer_name(group).unwrap_or_default();
+        let key = group_key(&names.stream, &consumer_name);
+        let life = advisory::watch(
+            &self.shared,
+            Watched {
+                stream: names.stream.clone(),
+                consumer: consumer_name,
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                names: names.clone(),
+            },
+        );
         let member = Member::new(
             self.shared.clone(),
             consumer,
@@ -218,12 +238,13 @@ impl EventBus for NatsBus {
             group,
             options.start_from,
             options.max_in_flight,
+            (key, life),
         );
         Ok(Subscription::new(futures::stream::unfold(
             member,
             |mut m| async move {
-                let delivery = m.next().await?;
-                Some((Ok::<_, ConsumeError>(delivery), m))
+                let item = m.next().await?;
+                Some((item, m))
             },
         )))
     }

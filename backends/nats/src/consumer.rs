@@ -2,7 +2,9 @@
 //! `max_in_flight` deliveries unsettled, and pulls again after any error
 //! (a server restart, a lost connection, a recreated consumer) without
 //! ending the subscription. After a reconnect it pulls one message per
-//! request for a while (see [`crate::reconnect`]).
+//! request for a while (see [`crate::reconnect`]). Only `remove_group` on
+//! the same connection ends it with an error: pulling again would declare
+//! the removed group anew.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::Message;
-use busline_core::{BoxError, Delivery, StartFrom};
+use busline_core::{BoxError, ConsumeError, ConsumeErrorKind, Delivery, StartFrom};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -32,9 +34,13 @@ pub(crate) struct Member {
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) batch: usize,
     pub(crate) keepalive: Arc<Keepalive>,
+    /// The group's token on this connection: cancelled by shutdown and by
+    /// `remove_group`.
     pub(crate) closed: CancellationToken,
     messages: Option<(pull::Stream, WireState)>,
     stream_name: Arc<str>,
+    group_key: Arc<str>,
+    ended: bool,
     /// Wakes a member waiting for messages to look at the connection:
     /// after a reconnect, the stream pulled before it is replaced.
     reconnected: tokio::sync::watch::Receiver<u64>,
@@ -56,6 +62,7 @@ impl Member {
         group: &str,
         start: StartFrom,
         max_in_flight: usize,
+        (group_key, life): (String, CancellationToken),
     ) -> Self {
         let config = &shared.config;
         let keepalive = Keepalive::start(shared.client.clone(), config.ack_wait, shared.closed.clone());
@@ -65,7 +72,9 @@ impl Member {
             batch: max_in_flight.clamp(1, config.fetch_batch.max(1)),
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             stream_name: names.stream.as_str().into(),
-            closed: shared.closed.clone(),
+            group_key: group_key.into(),
+            ended: false,
+            closed: life,
             shared,
             consumer,
             names,
@@ -77,8 +86,27 @@ impl Member {
         }
     }
 
-    /// The next delivery; `None` once the connection is shut down.
-    pub(crate) async fn next(&mut self) -> Option<Delivery> {
+    /// The next delivery; `None` once the connection is shut down, and
+    /// once after an error saying so when the group was removed.
+    pub(crate) async fn next(&mut self) -> Option<Result<Delivery, ConsumeError>> {
+        if self.ended {
+            return None;
+        }
+        if let Some(delivery) = self.next_delivery().await {
+            return Some(Ok(delivery));
+        }
+        self.ended = true;
+        (!self.shared.is_closed()).then(|| {
+            Err(
+                ConsumeError::new(ConsumeErrorKind::Other, &*self.topic).with_source(format!(
+                    "group `{}` was removed on this connection (remove_group)",
+                    self.group
+                )),
+            )
+        })
+    }
+
+    async fn next_delivery(&mut self) -> Option<Delivery> {
         let permit = tokio::select! {
             biased;
             _ = self.closed.cancelled() => return None,
@@ -205,7 +233,7 @@ impl Member {
         let attempt = self
             .shared
             .attempts
-            .attempt(&self.stream_name, stream_sequence, attempt);
+            .attempt(&self.group_key, stream_sequence, attempt);
         let message = message.message;
         let event = headers::decode(message.headers.as_ref(), message.payload.clone());
         let received = Received {
@@ -215,6 +243,7 @@ impl Member {
             payload: message.payload,
             topic: self.topic.clone(),
             stream: self.stream_name.clone(),
+            group_key: self.group_key.clone(),
             prefix_len: self.names.token.len() + 1,
             stream_sequence,
             attempt,

@@ -7,7 +7,9 @@
 //! - A group is a durable pull consumer (explicit ack) of the stream;
 //!   `provision` creates it, and the group's dead-letter stream and consumer
 //!   on `<topic>.<group>.dlq`, so dead letters are kept before anyone reads
-//!   them.
+//!   them. `remove_group` deletes the durable and the DLQ stream (kept, with
+//!   only the group's durable gone, while another consumer reads it); the
+//!   topic's stream stays for the other groups.
 //! - The envelope travels as CloudEvents `ce-` headers with percent-encoded
 //!   values (the content type as `ce-datacontenttype`; `dataversion` 1 and a
 //!   correlation id equal to the event id, what a reader assumes without

@@ -1,7 +1,7 @@
 //! What every part of one connection shares: the client, the JetStream
 //! context, the topology, and the shutdown state.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,9 +33,10 @@ pub(crate) struct Shared {
     pub(crate) attempts: AttemptFloor,
     /// Reconnects as the members see them.
     pub(crate) wire: WireWatch,
-    /// `<stream>.<consumer>` pairs whose max-deliveries advisories a task
-    /// of this connection watches.
-    pub(crate) watched: Mutex<HashSet<String>>,
+    /// The groups this connection subscribed to, by [`group_key`]: a token
+    /// its advisory watcher and members stop on, so that `remove_group` can
+    /// stop them before they find the consumer gone and declare it again.
+    pub(crate) groups: Mutex<HashMap<String, CancellationToken>>,
     /// Messages moved aside by the advisory watchers.
     pub(crate) stats: Counters,
 }
@@ -47,9 +48,37 @@ pub(crate) struct Counters {
     pub(crate) max_delivered: AtomicU64,
 }
 
+/// The key of the durable `consumer` on `stream` in per-group state:
+/// escaped names never contain `.`, so two pairs never share a key.
+pub(crate) fn group_key(stream: &str, consumer: &str) -> String {
+    format!("{stream}.{consumer}")
+}
+
 impl Shared {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// The token of the group at `key` on this connection (cancelled with
+    /// the connection too), and whether it is new.
+    pub(crate) fn group_life(&self, key: &str) -> (CancellationToken, bool) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(life) = groups.get(key) {
+            return (life.clone(), false);
+        }
+        let life = self.closed.child_token();
+        groups.insert(key.to_owned(), life.clone());
+        (life, true)
+    }
+
+    /// Stops this connection's watcher and members of the group at `key`,
+    /// and forgets the attempts it returned; a later subscribe starts anew.
+    pub(crate) fn end_group(&self, key: &str) {
+        let life = self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        if let Some(life) = life {
+            life.cancel();
+        }
+        self.attempts.forget(key);
     }
 
     /// Runs a settlement in the background, tracked so shutdown waits for it;

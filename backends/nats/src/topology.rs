@@ -1,14 +1,17 @@
 //! Streams and durable consumers, declared idempotently: a stream per topic
 //! capturing `<token>.>`, a durable pull consumer per (topic, group), and the
-//! same for the group's dead-letter topic.
+//! same for the group's dead-letter topic; and their removal.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, FromConsumer, PullConsumer};
-use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
-use async_nats::jetstream::Context;
+use async_nats::jetstream::context::DeleteStreamErrorKind;
+use async_nats::jetstream::stream::{self, ConsumerErrorKind, RetentionPolicy, StorageType};
+use async_nats::jetstream::{Context, ErrorCode};
 use busline_core::{dead_letter_topic, BoxError, StartFrom};
+use futures::TryStreamExt;
 
 use crate::config::{NatsConfig, Retention, Storage};
 use crate::naming::{consumer_name, TopicNames};
@@ -29,6 +32,21 @@ impl From<TopologyError> for BoxError {
             TopologyError::Server(e) => e,
         }
     }
+}
+
+/// Dead-letter levels below a topic that [`Topology::remove`] looks at: the
+/// group's DLQ, and the DLQs a member of the group subscribed to its own DLQ
+/// leaves (`<topic>.<group>.dlq.<group>.dlq`, ...). Deeper chains are not
+/// made by anything busline does.
+const DEAD_LETTER_LEVELS: usize = 4;
+
+/// What deleting one consumer found.
+#[derive(Debug, PartialEq, Eq)]
+enum Deleted {
+    /// The consumer was there, or was not: either way it is gone now.
+    Consumer,
+    /// The stream itself is not there.
+    NoStream,
 }
 
 /// One connection's view of the topology, with the streams it already
@@ -222,5 +240,102 @@ impl Topology {
                 consumer
             }
         }
+    }
+
+    /// The streams that [`remove`](Self::remove) looks at for `group`:
+    /// the topic's first, then one per dead-letter level.
+    pub(crate) fn levels(topic: &str, group: &str) -> Result<Vec<TopicNames>, TopologyError> {
+        std::iter::successors(Some(topic.to_owned()), |t| Some(dead_letter_topic(t, group)))
+            .take(1 + DEAD_LETTER_LEVELS)
+            .map(|t| Self::names(&t))
+            .collect()
+    }
+
+    /// Deletes what [`provision`](Self::provision) made for `group` on
+    /// `topic`: the group's durable on the topic's stream (the stream
+    /// stays, other groups read it), and at each dead-letter level the
+    /// group's durable and, when no other consumer reads it, the DLQ stream
+    /// with its letters. A DLQ stream that another consumer reads stays:
+    /// only its name says it is this group's, and `dead_letter_topic`
+    /// names of dotted topics and groups can coincide.
+    ///
+    /// Each broker call has its own deadline, `request_timeout`: a client
+    /// given to [`NatsBus::from_client`](crate::NatsBus::from_client) may
+    /// have no request timeout of its own.
+    pub(crate) async fn remove(&self, topic: &str, group: &str) -> Result<(), TopologyError> {
+        let durable = consumer_name(group).ok_or(TopologyError::InvalidName)?;
+        let levels = Self::levels(topic, group)?;
+        let (main, dead_letters) = levels.split_first().ok_or(TopologyError::InvalidName)?;
+        self.delete_consumer(&main.stream, &durable).await?;
+        for names in dead_letters {
+            if self.delete_consumer(&names.stream, &durable).await? == Deleted::NoStream {
+                // Nothing below a missing level: a deeper DLQ is made only
+                // by reading (or dead-lettering from) this one.
+                break;
+            }
+            let readers: Vec<String> = self
+                .bounded(
+                    &format!("list the consumers of {}", names.stream),
+                    self.js
+                        .get_stream_no_info(&names.stream)
+                        .await
+                        .map_err(|e| TopologyError::Server(Box::new(e)))?
+                        .consumer_names()
+                        .try_collect(),
+                )
+                .await?
+                .map_err(|e| TopologyError::Server(Box::new(e)))?;
+            // A consumer just deleted may still be listed for a moment.
+            if readers.iter().all(|r| *r == durable) {
+                self.delete_stream(&names.stream).await?;
+            } else {
+                tracing::info!(stream = %names.stream, ?readers, "dead-letter stream has other readers; kept");
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_consumer(&self, stream: &str, durable: &str) -> Result<Deleted, TopologyError> {
+        let what = format!("delete consumer {durable} of stream {stream}");
+        match self
+            .bounded(&what, self.js.delete_consumer_from_stream(durable, stream))
+            .await?
+        {
+            Ok(_) => Ok(Deleted::Consumer),
+            Err(e) => match e.kind() {
+                ConsumerErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND => {
+                    Ok(Deleted::Consumer)
+                }
+                ConsumerErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                    Ok(Deleted::NoStream)
+                }
+                _ => Err(TopologyError::Server(format!("{what}: {e}").into())),
+            },
+        }
+    }
+
+    async fn delete_stream(&self, stream: &str) -> Result<(), TopologyError> {
+        // Forgotten whatever the outcome: a dead letter published later
+        // declares the stream again instead of going to a subject nothing
+        // stores.
+        self.forget(stream);
+        let what = format!("delete stream {stream}");
+        match self.bounded(&what, self.js.delete_stream(stream)).await? {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind() {
+                DeleteStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                    Ok(())
+                }
+                _ => Err(TopologyError::Server(format!("{what}: {e}").into())),
+            },
+        }
+    }
+
+    /// `fut` within `request_timeout`.
+    async fn bounded<T>(&self, what: &str, fut: impl Future<Output = T>) -> Result<T, TopologyError> {
+        let limit = self.config.request_timeout;
+        tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| TopologyError::Server(format!("{what}: no reply within {limit:?}").into()))
     }
 }
