@@ -96,6 +96,9 @@ async fn removal_deletes_the_group_and_its_dlq_and_nothing_of_other_groups() {
         "provisioned again after removal"
     );
     assert_eq!(consumer(&js, &dlq, &group).await, Ok(()), "and its DLQ");
+    for g in [&group, &other] {
+        bus.remove_group(&topic, g).await.unwrap();
+    }
     bus.shutdown().await;
 }
 
@@ -138,6 +141,10 @@ async fn a_dlq_stream_someone_else_reads_is_kept() {
         Ok(()),
         "the DLQ stream, read by another consumer, stays"
     );
+    // The reader's stream is the test's to delete: the bus kept it on purpose.
+    within(CALL, "delete the DLQ stream", js.delete_stream(stream_of(&dlq)))
+        .await
+        .unwrap();
     bus.shutdown().await;
 }
 

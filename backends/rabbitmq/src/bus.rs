@@ -234,6 +234,25 @@ impl RabbitBus {
         })
     }
 
+    /// A topology call under the configured `operation_timeout`; running
+    /// past it reads as a connection failure.
+    async fn within_operation_timeout(
+        &self,
+        topic: &str,
+        what: &str,
+        call: impl std::future::Future<Output = Result<(), TopologyError>>,
+    ) -> Result<(), SubscribeError> {
+        tokio::time::timeout(self.inner.config.operation_timeout, call)
+            .await
+            .map_err(|_| {
+                Self::subscribe_error(
+                    topic,
+                    TopologyError::Link(LinkError::Connect(format!("{what} timed out"))),
+                )
+            })?
+            .map_err(|e| Self::subscribe_error(topic, e))
+    }
+
     fn subscribe_error(topic: &str, e: TopologyError) -> SubscribeError {
         let kind = match &e {
             TopologyError::InvalidName(_) => SubscribeErrorKind::InvalidName,
@@ -292,20 +311,12 @@ impl EventBus for RabbitBus {
         if self.is_closed() {
             return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
         }
-        tokio::time::timeout(
-            self.inner.config.operation_timeout,
-            self.inner
-                .topology
-                .provision(&self.inner.consume_link, topic, group),
-        )
-        .await
-        .map_err(|_| {
-            Self::subscribe_error(
-                topic,
-                TopologyError::Link(LinkError::Connect("declaring the topology timed out".into())),
-            )
-        })?
-        .map_err(|e| Self::subscribe_error(topic, e))
+        let declared = self
+            .inner
+            .topology
+            .provision(&self.inner.consume_link, topic, group);
+        self.within_operation_timeout(topic, "declaring the topology", declared)
+            .await
     }
 
     async fn remove_group(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
@@ -313,20 +324,12 @@ impl EventBus for RabbitBus {
             return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
         }
         let retry = RetryTuning::new(&self.inner.config);
-        tokio::time::timeout(
-            self.inner.config.operation_timeout,
-            self.inner
-                .topology
-                .remove(&self.inner.consume_link, topic, group, &retry),
-        )
-        .await
-        .map_err(|_| {
-            Self::subscribe_error(
-                topic,
-                TopologyError::Link(LinkError::Connect("removing the group timed out".into())),
-            )
-        })?
-        .map_err(|e| Self::subscribe_error(topic, e))
+        let removed = self
+            .inner
+            .topology
+            .remove(&self.inner.consume_link, topic, group, &retry);
+        self.within_operation_timeout(topic, "removing the group", removed)
+            .await
     }
 
     async fn subscribe(

@@ -159,18 +159,7 @@ async fn remove_group_deletes_its_queues(queue_type: QueueType) {
         "provisioned again after the removal"
     );
 
-    for g in [&group, &other] {
-        within(WAIT, "the cleanup", bus.remove_group(&topic, g))
-            .await
-            .unwrap();
-    }
-    let _ = within(
-        CALL,
-        "closing the plain connection",
-        raw.close(200, "done".into()),
-    )
-    .await;
-    bus.shutdown().await;
+    clean_up(bus, raw, &[(&topic, &group), (&topic, &other)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,9 +213,16 @@ async fn remove_group_keeps_a_dead_letter_exchange_other_groups_consume() {
     letter.ack().await.unwrap();
     drop(letters);
 
-    within(WAIT, "the cleanup", bus.remove_group(&dlq, &tail))
-        .await
-        .unwrap();
+    clean_up(bus, raw, &[(&dlq, &tail)]).await;
+}
+
+/// Removes what a test left on the shared broker and closes both connections.
+async fn clean_up(bus: Bus, raw: Connection, groups: &[(&str, &str)]) {
+    for (topic, group) in groups {
+        within(WAIT, "the cleanup", bus.remove_group(topic, group))
+            .await
+            .unwrap();
+    }
     let _ = within(
         CALL,
         "closing the plain connection",
