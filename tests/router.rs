@@ -277,7 +277,10 @@ async fn replay_repairs_keeps_and_discards() {
         })
         .await
         .unwrap();
-    assert_eq!((report.moved, report.unreadable, report.discarded), (1, 1, 1));
+    assert_eq!(
+        (report.moved, report.unreadable, report.kept, report.discarded),
+        (1, 0, 1, 1)
+    );
     let handled = h.wait_for_handled::<Ping>(WAIT).await;
     assert_eq!((handled.data.seq, handled.data.note.as_str()), (0, "fixed"));
     router.shutdown().await.unwrap();

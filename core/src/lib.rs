@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 
+mod browse;
 mod bus;
 mod config;
 pub mod dead_letter;
@@ -38,6 +39,7 @@ mod router;
 mod transport;
 pub mod wire;
 
+pub use browse::{BrowseOptions, DeadLetterBatch, HeldLetter, LetterAction};
 pub use bus::{Bus, BusSettings};
 pub use busline_codecs as codecs;
 pub use busline_codecs::{CodecError, CodecRegistry};

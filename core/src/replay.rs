@@ -66,6 +66,8 @@ pub struct ReplayReport {
     pub moved: usize,
     /// Left in the DLQ because their envelope is unreadable.
     pub unreadable: usize,
+    /// Left in the DLQ because the repair function said [`Repair::Keep`].
+    pub kept: usize,
     /// Dropped from the DLQ on purpose by the repair function.
     pub discarded: usize,
     /// Left in the DLQ because their dead-letter attributes name another
@@ -93,7 +95,8 @@ pub enum ReplayError {
 pub enum Repair {
     /// Republish this (possibly changed) event.
     Replay(RawEvent),
-    /// Leave it in the DLQ (it comes back after `unreadable_delay`).
+    /// Leave it in the DLQ (in a replay it comes back after
+    /// `unreadable_delay`).
     Keep,
     /// Remove it from the DLQ without republishing.
     Discard,
@@ -129,11 +132,16 @@ impl Bus {
         mut repair: impl FnMut(RawEvent, Option<DeadLetter>) -> Repair,
     ) -> Result<ReplayReport, ReplayError> {
         let dlq = dead_letter_topic(topic, group);
-        let mut sub = self
-            .subscribe(&dlq, group, SubscribeOptions::default().max_in_flight(1))
-            .await?;
+        // From the start where the group never read its DLQ (a Kafka group
+        // without offsets there): every letter in it is the group's.
+        let from_start = SubscribeOptions::default()
+            .max_in_flight(1)
+            .start_from(crate::StartFrom::Earliest);
+        let mut sub = self.subscribe(&dlq, group, from_start).await?;
         let mut report = ReplayReport::default();
-        while report.moved + report.discarded + report.unreadable + report.misplaced < options.max {
+        while report.moved + report.discarded + report.unreadable + report.kept + report.misplaced
+            < options.max
+        {
             let Ok(Some(next)) = tokio::time::timeout(options.idle_timeout, sub.next()).await else {
                 break;
             };
@@ -145,26 +153,15 @@ impl Bus {
                 let _ = delivery.nack(options.unreadable_delay).await;
                 continue;
             };
-            let mut event = event.clone();
-            let letter = DeadLetter::read(&event);
-            if letter
-                .as_ref()
-                .is_some_and(|l| l.topic != topic || l.group != group)
-            {
-                report.misplaced += 1;
-                let _ = delivery.nack(options.unreadable_delay).await;
-                continue;
-            }
-            DeadLetter::strip(&mut event);
-            event.extensions.insert(REPLAY_GROUP.into(), group.to_owned());
-            let replays = event
-                .extensions
-                .get(REPLAY_COUNT)
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or(0);
-            event
-                .extensions
-                .insert(REPLAY_COUNT.into(), (replays + 1).to_string());
+            let letter = DeadLetter::read(event);
+            let event = match prepare_replay(event.clone(), letter.as_ref(), topic, group) {
+                Prepared::Misplaced => {
+                    report.misplaced += 1;
+                    let _ = delivery.nack(options.unreadable_delay).await;
+                    continue;
+                }
+                Prepared::Ready(event) => event,
+            };
             match repair(event, letter) {
                 Repair::Replay(event) => {
                     if let Err(e) = self.publish_raw(topic, event).await {
@@ -177,7 +174,7 @@ impl Bus {
                     let _ = delivery.ack().await;
                 }
                 Repair::Keep => {
-                    report.unreadable += 1;
+                    report.kept += 1;
                     let _ = delivery.nack(options.unreadable_delay).await;
                 }
                 Repair::Discard => {
@@ -188,4 +185,40 @@ impl Bus {
         }
         Ok(report)
     }
+}
+
+/// A dead letter made ready to go back to its topic, or found to belong
+/// elsewhere.
+#[allow(clippy::large_enum_variant)] // built once per dead letter and moved at once
+pub(crate) enum Prepared {
+    Ready(RawEvent),
+    /// Its attributes name another topic or group than the DLQ it was read
+    /// from: anyone who can write to a DLQ can set those attributes, so they
+    /// never pick a destination.
+    Misplaced,
+}
+
+/// Strips the dead-letter attributes of `event` (read from the DLQ of
+/// `group` on `topic`, its attributes read as `letter`), marks it for
+/// `group` alone and counts the replay.
+pub(crate) fn prepare_replay(
+    mut event: RawEvent,
+    letter: Option<&DeadLetter>,
+    topic: &str,
+    group: &str,
+) -> Prepared {
+    if letter.is_some_and(|l| l.topic != topic || l.group != group) {
+        return Prepared::Misplaced;
+    }
+    DeadLetter::strip(&mut event);
+    event.extensions.insert(REPLAY_GROUP.into(), group.to_owned());
+    let replays = event
+        .extensions
+        .get(REPLAY_COUNT)
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    event
+        .extensions
+        .insert(REPLAY_COUNT.into(), (replays + 1).to_string());
+    Prepared::Ready(event)
 }

@@ -61,6 +61,7 @@ macro_rules! conformance_suite {
             s16_dlq_replay => dlq_replay,
             s17_provisioned_group_keeps_events => provisioned_group_keeps_events,
             s20_remove_group_deletes_its_events => remove_group_deletes_its_events,
+            s21_browse_dead_letters_and_settle_each => browse_dead_letters_and_settle_each,
         );
     };
     (@tests $fixture:expr, $rt:tt, $($name:ident => $scenario:ident,)*) => {

@@ -227,6 +227,18 @@ impl Acknowledge for NatsAcker {
         p.send(AckKind::Nak(delay), false).await
     }
 
+    /// A consumer releases what it holds when it goes away, and its pull
+    /// request may still be on the server: naked without a delay, a
+    /// released message was offered to that request again (browsing a DLQ
+    /// twice in one process saw one letter twice and missed another), so
+    /// it waits as long as a given-back one (`Member::give_back`).
+    async fn release(mut self: Box<Self>) -> Result<(), SettleError> {
+        let p = self.take();
+        p.returned();
+        p.send(AckKind::Nak(Some(crate::consumer::GIVE_BACK_DELAY)), false)
+            .await
+    }
+
     async fn dead_letter(mut self: Box<Self>, letter: DeadLetter) -> Result<(), SettleError> {
         let p = self.take();
         if let Err(e) = p.publish_dead_letter(&letter).await {

@@ -50,7 +50,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How long a message given back waits on the server before it is offered
 /// again (see [`Member::give_back`]).
-const GIVE_BACK_DELAY: Duration = Duration::from_millis(200);
+pub(crate) const GIVE_BACK_DELAY: Duration = Duration::from_millis(200);
 
 impl Member {
     #[allow(clippy::too_many_arguments)]

@@ -6,6 +6,7 @@ mod cluster;
 mod delivery;
 mod failure;
 mod hostile;
+mod inspect;
 mod lifecycle;
 mod routing;
 
@@ -19,6 +20,7 @@ pub use failure::{
     permanent_error_and_poison_go_to_dlq,
 };
 pub use hostile::{hostile_input, poison_message, HostileOutcome, Poison};
+pub use inspect::browse_dead_letters_and_settle_each;
 pub use lifecycle::{
     broker_restart_loses_no_confirmed_event, graceful_shutdown, publisher_closed_with_events_in_flight,
     remove_group_deletes_its_events, unacked_deliveries_survive_consumer_restart,
