@@ -256,7 +256,9 @@ impl Bus {
         // undecided.
         let from_start = SubscribeOptions::default()
             .max_in_flight(limit)
-            .start_from(StartFrom::Earliest);
+            .start_from(StartFrom::Earliest)
+            // Letters of one key behind each other would stay out of sight.
+            .order_per_key(false);
         let mut sub = self.subscribe(&dlq, group, from_start).await?;
         let mut held = Vec::new();
         while held.len() < limit {

@@ -248,6 +248,14 @@ pub struct SubscribeOptions {
     pub max_in_flight: usize,
     /// Where a group that does not exist yet starts.
     pub start_from: StartFrom,
+    /// Hand out one event of a key at a time, in order (the default, where
+    /// the backend keeps order per key). `false` lets a reader hold many
+    /// events of one key at once, as an operator's look at a DLQ does
+    /// ([`Bus::browse_dead_letters`](crate::Bus::browse_dead_letters)):
+    /// the Kafka backend then hands out a key's next record without waiting
+    /// for the one before. The memory bus keeps order per key regardless;
+    /// RabbitMQ and NATS keep none to begin with.
+    pub order_per_key: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -255,6 +263,7 @@ impl Default for SubscribeOptions {
         Self {
             max_in_flight: 64,
             start_from: StartFrom::New,
+            order_per_key: true,
         }
     }
 }
@@ -269,6 +278,13 @@ impl SubscribeOptions {
     /// Sets `start_from`.
     pub fn start_from(mut self, start: StartFrom) -> Self {
         self.start_from = start;
+        self
+    }
+
+    /// Whether a key's events are handed out one at a time, in order
+    /// (see [`order_per_key`](Self::order_per_key)).
+    pub fn order_per_key(mut self, yes: bool) -> Self {
+        self.order_per_key = yes;
         self
     }
 }

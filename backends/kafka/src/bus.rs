@@ -192,6 +192,7 @@ impl EventBus for KafkaBus {
             group,
             options.start_from,
             options.max_in_flight,
+            options.order_per_key,
         )
         .await
     }

@@ -212,6 +212,7 @@ pub(crate) async fn join(
     group: &str,
     start: StartFrom,
     max_in_flight: usize,
+    order_per_key: bool,
 ) -> Result<busline_core::Subscription, SubscribeError> {
     let (joined, mut joined_rx) = watch::channel(false);
     let group_id = crate::consumer_group_id(topic, group);
@@ -223,7 +224,11 @@ pub(crate) async fn join(
         group_id: group_id.as_str().into(),
         start,
         max_in_flight: max_in_flight.max(1),
-        state: Mutex::default(),
+        state: Mutex::new(if order_per_key {
+            State::default()
+        } else {
+            State::unordered()
+        }),
         wake: Notify::new(),
         settle: Condvar::new(),
         fencing: AtomicBool::new(false),

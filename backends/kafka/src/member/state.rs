@@ -119,9 +119,20 @@ pub(crate) struct State {
     buffered: usize,
     in_flight: usize,
     epochs: u64,
+    /// Keys get no lanes: every record is handed out as it comes.
+    unordered: bool,
 }
 
 impl State {
+    /// A state that keeps no order per key (`SubscribeOptions::order_per_key`
+    /// false).
+    pub(crate) fn unordered() -> Self {
+        Self {
+            unordered: true,
+            ..Self::default()
+        }
+    }
+
     /// Records fetched and not decided.
     pub(crate) fn buffered(&self) -> usize {
         self.buffered
@@ -211,6 +222,7 @@ impl State {
     /// A fetched record; ignored when the partition is not owned or the
     /// record was fetched before.
     pub(crate) fn push(&mut self, partition: i32, offset: i64, record: Arc<Record>, delivered: u32) -> bool {
+        let keyed = !self.unordered;
         let Some(p) = self.partitions.get_mut(&partition) else {
             return false;
         };
@@ -225,7 +237,7 @@ impl State {
             epoch: p.epoch,
         };
         let mut status = Status::Queued;
-        if let Some(key) = &record.key {
+        if let Some(key) = record.key.as_ref().filter(|_| keyed) {
             let lane = p.lanes.entry(key.clone()).or_default();
             if !lane.is_empty() {
                 status = Status::Behind;
@@ -446,6 +458,24 @@ mod tests {
         assert_eq!((again.ticket.offset, again.attempt), (0, 2));
         assert!(s.decide(again.ticket));
         assert_eq!(s.take().unwrap().ticket.offset, 1);
+    }
+
+    #[test]
+    fn without_order_per_key_a_keys_records_go_out_together() {
+        let mut s = State::unordered();
+        s.assign(0, Some(0));
+        s.push(0, 0, rec(Some("a")), 0);
+        s.push(0, 1, rec(Some("a")), 0);
+        let first = s.take().unwrap();
+        let second = s.take().expect("a's second record does not wait for the first");
+        assert_eq!((first.ticket.offset, second.ticket.offset), (0, 1));
+        assert!(s.decide(second.ticket));
+        assert!(
+            s.commit_points(false).is_empty(),
+            "nothing is committed past the undecided first"
+        );
+        assert!(s.decide(first.ticket));
+        assert_eq!(s.commit_points(false), vec![(0, 2)]);
     }
 
     #[test]
