@@ -1,0 +1,114 @@
+//! How events look on the terminal and as JSON lines.
+
+use base64::Engine;
+use busline_core::{EnvelopeError, RawEvent};
+use serde_json::{json, Map, Value};
+
+/// The whole envelope as one JSON object; a JSON payload as JSON, any
+/// other as base64 with its content type.
+pub(crate) fn event_json(event: &RawEvent) -> Value {
+    json!({
+        "id": event.id.as_str(),
+        "type": event.event_type.as_str(),
+        "version": event.version,
+        "source": event.source.as_str(),
+        "time": event.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "correlation_id": event.correlation_id.as_str(),
+        "causation_id": event.causation_id.as_ref().map(|c| c.as_str()),
+        "key": event.key.as_deref(),
+        "extensions": event.extensions.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>(),
+        "content_type": event.content_type(),
+        "data": data_json(event),
+    })
+}
+
+fn data_json(event: &RawEvent) -> Value {
+    let bytes = &event.data.bytes;
+    if is_json(event.content_type()) {
+        if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+            return value;
+        }
+    }
+    json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+/// The payload on one line: JSON compact, other payloads by size.
+pub(crate) fn data_line(event: &RawEvent) -> String {
+    match data_json(event) {
+        Value::Object(map)
+            if map.len() == 1 && map.contains_key("base64") && !is_json(event.content_type()) =>
+        {
+            format!("<{} bytes of {}>", event.data.bytes.len(), event.content_type())
+        }
+        value => value.to_string(),
+    }
+}
+
+/// Two lines per event for a person reading along.
+pub(crate) fn event_pretty(topic: &str, event: &RawEvent) -> String {
+    let mut head = format!(
+        "{}  {topic}  {} v{}  id {}",
+        event.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        event.event_type,
+        event.version,
+        event.id
+    );
+    if let Some(key) = &event.key {
+        head.push_str(&format!("  key {key}"));
+    }
+    let mut meta = format!("  source {}  correlation {}", event.source, event.correlation_id);
+    if let Some(cause) = &event.causation_id {
+        meta.push_str(&format!("  caused by {cause}"));
+    }
+    for (name, value) in &event.extensions {
+        meta.push_str(&format!("  {name}={}", cut(value, 80)));
+    }
+    format!("{head}\n{meta}\n  {}", data_line(event))
+}
+
+/// A message that is not a readable envelope, for both outputs.
+pub(crate) fn unreadable_json(topic: &str, error: &EnvelopeError) -> Value {
+    json!({ "topic": topic, "unreadable": error.to_string() })
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut; newlines
+/// become spaces so a table row stays one line.
+pub(crate) fn cut(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let mut short: String = flat.chars().take(max.saturating_sub(1)).collect();
+        short.push('…');
+        short
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use busline_core::Payload;
+
+    #[test]
+    fn json_payloads_stay_json_and_others_become_base64() {
+        let event = RawEvent::of_type("t", 1, Payload::json(&b"{\"a\":1}"[..]));
+        assert_eq!(event_json(&event)["data"], json!({"a": 1}));
+        let binary = RawEvent::of_type("t", 1, Payload::new("application/octet-stream", &b"\xff\x00"[..]));
+        assert_eq!(event_json(&binary)["data"], json!({"base64": "/wA="}));
+        assert_eq!(data_line(&binary), "<2 bytes of application/octet-stream>");
+    }
+
+    #[test]
+    fn cut_keeps_rows_on_one_line() {
+        assert_eq!(cut("a\nb", 10), "a b");
+        assert_eq!(cut("abcdef", 4), "abc…");
+    }
+}
