@@ -32,7 +32,8 @@
 //! Backends are cargo features: `memory` (default), `rabbitmq`, `nats`,
 //! `kafka`; codecs: `json` (default), `msgpack` (default); the resilience and
 //! observability layers of [`layers`]: `layers` (default), `postgres`,
-//! `opentelemetry`, `signing`; the transactional outbox and inbox on
+//! `opentelemetry`, `signing`, `probes` (HTTP health and metrics); the
+//! transactional outbox and inbox on
 //! PostgreSQL: `outbox`.
 
 #![deny(missing_docs)]

@@ -68,8 +68,8 @@ pub use router::{
     Attempt, BeforeFirstHandler, Context, Either, EventService, FailureKind, FromContext, FromEvent, FromRef,
     FromTower, Gate, GateState, Handler, HandlerError, HandlerOptions, HandlerService,
     HandlerWithoutStateExt, Identity, Incoming, IntoHandlerResult, Layer, Routed, Router, RouterError,
-    RouterHealth, RouterStats, RunningRouter, Stack, State, SubscriptionHealth, SubscriptionState, Topic,
-    TowerLayer, TowerService, Unrouted,
+    RouterHealth, RouterProbe, RouterStats, RunningRouter, Stack, State, SubscriptionHealth,
+    SubscriptionState, Topic, TowerLayer, TowerService, Unrouted,
 };
 /// The string type of the envelope's names (type, source, key, content
 /// type): inline up to 23 bytes, shared beyond, borrowed for `&'static str`.

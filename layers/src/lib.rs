@@ -18,6 +18,9 @@
 //! two. `signing::SignedBus` (feature `signing`) signs what a service
 //! publishes and refuses what no trusted key signed.
 //!
+//! Probes: `probes::ProbeEndpoint` (feature `probes`) answers `/health`,
+//! `/ready` and Prometheus `/metrics` over HTTP for running routers.
+//!
 //! Per-handler retry policies are core's `Router::on_with` with
 //! `HandlerOptions`.
 //!
@@ -50,6 +53,9 @@ pub mod otel;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+#[cfg(feature = "probes")]
+#[cfg_attr(docsrs, doc(cfg(feature = "probes")))]
+pub mod probes;
 pub mod publisher;
 pub mod rate_limit;
 #[cfg(feature = "signing")]

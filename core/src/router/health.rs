@@ -120,3 +120,53 @@ impl HealthBoard {
         }
     }
 }
+
+/// A handle on a running router's health and counters that can be cloned
+/// and moved into a task (a probe endpoint, a metrics exporter) while the
+/// [`RunningRouter`](crate::RunningRouter) itself stays with whoever shuts
+/// it down. It reads the state the router's consumers write, so it shows a
+/// subscription's death, and after shutdown says `Stopped`.
+///
+/// ```no_run
+/// # async fn demo(router: busline_core::RunningRouter) {
+/// let probe = router.probe();
+/// tokio::spawn(async move {
+///     loop {
+///         if !probe.health().is_alive() {
+///             eprintln!("{} has a dead subscription", probe.group());
+///         }
+///         tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+///     }
+/// });
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RouterProbe {
+    pub(crate) board: HealthBoard,
+    pub(crate) shared: Arc<super::shared::Shared>,
+}
+
+impl std::fmt::Debug for RouterProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterProbe")
+            .field("group", &self.board.group)
+            .finish()
+    }
+}
+
+impl RouterProbe {
+    /// The router's group.
+    pub fn group(&self) -> &str {
+        &self.board.group
+    }
+
+    /// Which subscriptions are taking deliveries, paused, stopped or dead.
+    pub fn health(&self) -> RouterHealth {
+        self.board.snapshot()
+    }
+
+    /// The router's counters so far.
+    pub fn stats(&self) -> super::RouterStats {
+        self.shared.counters.snapshot()
+    }
+}

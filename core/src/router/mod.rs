@@ -25,7 +25,7 @@ pub use extract::{Attempt, FromContext, FromEvent, FromRef, State, Topic};
 pub use failure::{FailureKind, HandlerError, IntoHandlerResult};
 pub use gate::{Gate, GateState};
 pub use handler::{Handler, HandlerService, HandlerWithoutStateExt};
-pub use health::{RouterHealth, SubscriptionHealth, SubscriptionState};
+pub use health::{RouterHealth, RouterProbe, SubscriptionHealth, SubscriptionState};
 pub use interop::{FromTower, Incoming, TowerLayer, TowerService};
 pub use layer::{Either, Identity, Layer, Stack};
 pub use running::RunningRouter;

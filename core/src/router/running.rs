@@ -276,6 +276,15 @@ impl RunningRouter {
         self.health.snapshot()
     }
 
+    /// A cloneable handle on [`health`](Self::health) and
+    /// [`stats`](Self::stats), for a probe endpoint or exporter task.
+    pub fn probe(&self) -> super::RouterProbe {
+        super::RouterProbe {
+            board: self.health.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Runs until `shutdown` resolves or a subscription dies (its stream
     /// fails or ends, or its consumer panics), then shuts down gracefully.
     /// A dead subscription is returned as the error.
