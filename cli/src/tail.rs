@@ -12,6 +12,8 @@ use crate::publish::parse_pair;
 use crate::render;
 use crate::{connect, Global};
 
+const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// What to tail.
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
@@ -69,10 +71,21 @@ pub(crate) async fn run(global: &Global, args: TailArgs) -> Result<ExitCode, Cli
         eprintln!("busline: this broker cannot replay a topic from its start; tailing from now on");
     }
     let options = SubscribeOptions::default().max_in_flight(16).start_from(start);
-    let mut events = bus
-        .subscribe(&args.topic, &group, options)
-        .await
-        .map_err(|e| CliError::failed(format!("subscribe to {}: {}", args.topic, chain(&e))))?;
+    // Joining a Kafka group takes seconds; a broker that never answers must
+    // not hang the tool.
+    let joining = tokio::time::timeout(SUBSCRIBE_DEADLINE, bus.subscribe(&args.topic, &group, options)).await;
+    let mut events = match joining {
+        Ok(joined) => {
+            joined.map_err(|e| CliError::failed(format!("subscribe to {}: {}", args.topic, chain(&e))))?
+        }
+        Err(_) => {
+            return Err(CliError::failed(format!(
+                "subscribe to {}: no answer within {}s",
+                args.topic,
+                SUBSCRIBE_DEADLINE.as_secs()
+            )))
+        }
+    };
     // The line scripts wait for before they publish.
     eprintln!("busline: tailing {} as group {group}; Ctrl-C to stop", args.topic);
 

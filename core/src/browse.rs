@@ -168,8 +168,11 @@ impl DeadLetterBatch {
                     returned.push(acker);
                 }
                 LetterAction::Discard => {
-                    report.discarded += 1;
-                    let _ = acker.ack().await;
+                    // Not acknowledged, it is still in the DLQ: say so.
+                    match acker.ack().await {
+                        Ok(()) => report.discarded += 1,
+                        Err(_) => report.kept += 1,
+                    }
                 }
                 LetterAction::Replay => {
                     let Ok(event) = event else {

@@ -79,114 +79,60 @@ mod memory {
     }
 }
 
-mod rabbitmq {
-    use busline_testkit::brokers::{find, Broker};
+/// The flows on one broker: `$from` is where tail starts, `$removes`
+/// whether the doctor can clean its group up, `$closed` the URL of a closed
+/// port with `{}` for the port.
+macro_rules! broker_flows {
+    ($name:ident, $broker:expr, $from:expr, $removes:expr, $closed:expr) => {
+        mod $name {
+            use busline_testkit::brokers::{find, Broker};
 
-    use crate::flows;
+            use crate::flows;
 
-    async fn url() -> String {
-        find(Broker::RabbitMq).await.expect("RabbitMQ").url
-    }
+            async fn url() -> String {
+                let broker: Broker = $broker;
+                find(broker).await.unwrap_or_else(|e| panic!("{e}")).url
+            }
 
-    #[tokio::test]
-    async fn publish_then_tail_sees_it() {
-        flows::publish_then_tail_sees_it(&url().await, "latest").await;
-    }
+            #[tokio::test]
+            async fn publish_then_tail_sees_it() {
+                flows::publish_then_tail_sees_it(&url().await, $from).await;
+            }
 
-    #[tokio::test]
-    async fn poison_is_listed_shown_and_replayed_by_id() {
-        flows::poison_is_listed_shown_and_replayed_by_id(&url().await).await;
-    }
+            #[tokio::test]
+            async fn poison_is_listed_shown_and_replayed_by_id() {
+                flows::poison_is_listed_shown_and_replayed_by_id(&url().await).await;
+            }
 
-    #[tokio::test]
-    async fn purge_removes_only_what_it_selects() {
-        flows::purge_removes_only_what_it_selects(&url().await).await;
-    }
+            #[tokio::test]
+            async fn purge_removes_only_what_it_selects() {
+                flows::purge_removes_only_what_it_selects(&url().await).await;
+            }
 
-    #[tokio::test]
-    async fn doctor_is_green() {
-        flows::doctor_is_green(&url().await, true).await;
-    }
+            #[tokio::test]
+            async fn doctor_is_green() {
+                flows::doctor_is_green(&url().await, $removes).await;
+            }
 
-    #[tokio::test]
-    async fn doctor_fails_clearly_on_a_closed_port() {
-        let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", crate::cli::closed_port());
-        flows::doctor_fails_to_connect(&url).await;
-    }
+            #[tokio::test]
+            async fn doctor_fails_clearly_on_a_closed_port() {
+                let url = format!($closed, crate::cli::closed_port());
+                flows::doctor_fails_to_connect(&url).await;
+            }
+        }
+    };
 }
 
-mod nats {
-    use busline_testkit::brokers::{find, Broker};
-
-    use crate::flows;
-
-    async fn url() -> String {
-        find(Broker::Nats).await.expect("NATS").url
-    }
-
-    #[tokio::test]
-    async fn publish_then_tail_sees_it() {
-        flows::publish_then_tail_sees_it(&url().await, "latest").await;
-    }
-
-    #[tokio::test]
-    async fn poison_is_listed_shown_and_replayed_by_id() {
-        flows::poison_is_listed_shown_and_replayed_by_id(&url().await).await;
-    }
-
-    #[tokio::test]
-    async fn purge_removes_only_what_it_selects() {
-        flows::purge_removes_only_what_it_selects(&url().await).await;
-    }
-
-    #[tokio::test]
-    async fn doctor_is_green() {
-        flows::doctor_is_green(&url().await, true).await;
-    }
-
-    #[tokio::test]
-    async fn doctor_fails_clearly_on_a_closed_port() {
-        let url = format!("nats://127.0.0.1:{}", crate::cli::closed_port());
-        flows::doctor_fails_to_connect(&url).await;
-    }
-}
-
-mod kafka {
-    use busline_testkit::brokers::{find, Broker};
-
-    use crate::flows;
-
-    async fn url() -> String {
-        find(Broker::Kafka).await.expect("Kafka").url
-    }
-
-    // From the earliest offset: a new Kafka group resolves "latest" when its
-    // partitions are assigned, which can be after the publish.
-    #[tokio::test]
-    async fn publish_then_tail_sees_it() {
-        flows::publish_then_tail_sees_it(&url().await, "earliest").await;
-    }
-
-    #[tokio::test]
-    async fn poison_is_listed_shown_and_replayed_by_id() {
-        flows::poison_is_listed_shown_and_replayed_by_id(&url().await).await;
-    }
-
-    #[tokio::test]
-    async fn purge_removes_only_what_it_selects() {
-        flows::purge_removes_only_what_it_selects(&url().await).await;
-    }
-
-    // Kafka answers Unsupported to remove_group (on main), so the doctor's
-    // clean-up is a note, not a failure.
-    #[tokio::test]
-    async fn doctor_is_green() {
-        flows::doctor_is_green(&url().await, false).await;
-    }
-
-    #[tokio::test]
-    async fn doctor_fails_clearly_on_a_closed_port() {
-        let url = format!("kafka://127.0.0.1:{}", crate::cli::closed_port());
-        flows::doctor_fails_to_connect(&url).await;
-    }
-}
+broker_flows!(
+    rabbitmq,
+    Broker::RabbitMq,
+    "latest",
+    true,
+    "amqp://guest:guest@127.0.0.1:{}/%2f"
+);
+broker_flows!(nats, Broker::Nats, "latest", true, "nats://127.0.0.1:{}");
+// From the earliest offset: a new Kafka group resolves "latest" when its
+// partitions are assigned, which can be after the publish. Kafka answers
+// Unsupported to remove_group (on main), so the doctor's clean-up is a
+// note, not a failure.
+broker_flows!(kafka, Broker::Kafka, "earliest", false, "kafka://127.0.0.1:{}");
