@@ -13,8 +13,9 @@
 # only; a fresh node creates the default guest user.
 #
 # env prints the exports that point the tests at this node: the AMQP URL,
-# and the node name and cookie, so the tests' own `rabbitmqctl` calls (and
-# `rabbitmqctl stop_app` in the restart scenario) reach it too.
+# its management API's URL (port + 10000), and the node name and cookie,
+# so the tests' own `rabbitmqctl` calls (and `rabbitmqctl stop_app` in the
+# restart scenario) reach it too.
 #
 # restart is stop_app + start_app (the broker application restarts, the
 # Erlang node stays up), as an operator restarts a broker.
@@ -28,8 +29,18 @@ dir="${RABBITMQ_RESTARTABLE_DIR:-${HOME:-/tmp}/.cache/busline-rabbitmq-restartab
 node="busline-soak-${port}@localhost"
 bin=/usr/lib/rabbitmq/bin
 
+management_port=$((port + 10000))
+
 mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
-[ -f "$dir/enabled_plugins" ] || echo '[].' >"$dir/enabled_plugins"
+# The management plugin serves `list_topics`/`list_groups` (AMQP cannot
+# list exchanges or queues), on a port of its own beside the shared
+# broker's. Written every time: a node started before keeps its settings
+# until `reset` starts it again.
+echo '[rabbitmq_management].' >"$dir/enabled_plugins"
+cat >"$dir/rabbitmq.conf" <<CONF
+management.tcp.ip = 127.0.0.1
+management.tcp.port = ${management_port}
+CONF
 touch "$dir/rabbitmq-env.conf"
 
 export HOME="$dir/home"
@@ -138,6 +149,7 @@ stop() {
 
 print_env() {
     echo "export BUSLINE_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:${port}/%2f"
+    echo "export BUSLINE_TEST_AMQP_MANAGEMENT_URL=http://127.0.0.1:${management_port}"
     echo "export RABBITMQ_NODENAME=${node}"
     echo "export RABBITMQ_ERLANG_COOKIE=$(cat "$HOME/.erlang.cookie")"
 }

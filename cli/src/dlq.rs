@@ -214,7 +214,6 @@ fn letter_json(held: &HeldLetter) -> Value {
 }
 
 fn table(letters: &[&HeldLetter]) -> String {
-    let header = ["ID", "TYPE", "REASON", "ATTEMPTS", "FAILED AT", "ERROR"].map(String::from);
     let rows: Vec<[String; 6]> = letters
         .iter()
         .map(|held| match held.event() {
@@ -241,23 +240,7 @@ fn table(letters: &[&HeldLetter]) -> String {
             }
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    render::table(&["ID", "TYPE", "REASON", "ATTEMPTS", "FAILED AT", "ERROR"], &rows)
 }
 
 async fn list(bus: &Bus, config: &BusConfig, args: ListArgs) -> Result<ExitCode, CliError> {

@@ -6,6 +6,7 @@ mod connect;
 mod dlq;
 mod doctor;
 mod exit;
+mod inventory;
 mod publish;
 mod render;
 mod tail;
@@ -25,8 +26,8 @@ use crate::exit::CliError;
 ///
 /// Exit codes: 0 done; 1 the broker refused or failed an operation (or a
 /// doctor check failed); 2 usage; 3 cannot connect or bad configuration;
-/// 4 nothing matched (no such dead letter; tail saw fewer events than
-/// --count before --timeout).
+/// 4 nothing matched (no such dead letter or topic; tail saw fewer events
+/// than --count before --timeout).
 #[derive(Debug, Parser)]
 #[command(name = "busline", version)]
 struct Cli {
@@ -57,6 +58,11 @@ enum Command {
     /// List, show, replay or purge the dead letters of a group.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// List the broker's topics with the messages it keeps for each.
+    Topics(inventory::TopicsArgs),
+    /// List the groups of a topic with their lag, events in flight,
+    /// members and dead letters waiting, as far as the broker tells.
+    Groups(inventory::GroupsArgs),
     /// Check a broker end to end on a scratch topic: provision, publish,
     /// consume, dead-letter, replay, clean up.
     Doctor(doctor::DoctorArgs),
@@ -88,6 +94,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Tail(args) => tail::run(&cli.global, args).await,
         Command::Publish(args) => publish::run(&cli.global, args).await,
         Command::Dlq(command) => dlq::run(&cli.global, command).await,
+        Command::Topics(args) => inventory::topics(&cli.global, args).await,
+        Command::Groups(args) => inventory::groups(&cli.global, args).await,
         Command::Doctor(args) => doctor::run(&cli.global, args).await,
         Command::Completions { .. } => unreachable!("answered before the runtime starts"),
     }

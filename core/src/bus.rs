@@ -271,6 +271,16 @@ impl Bus {
         self.transport.remove_group(topic, group).await
     }
 
+    /// The broker's topics with their sizes ([`EventBus::list_topics`]).
+    pub async fn list_topics(&self) -> Result<Vec<crate::TopicInfo>, crate::InspectError> {
+        self.transport.list_topics().await
+    }
+
+    /// The groups of `topic` with their lag ([`EventBus::list_groups`]).
+    pub async fn list_groups(&self, topic: &str) -> Result<Vec<crate::GroupInfo>, crate::InspectError> {
+        self.transport.list_groups(topic).await
+    }
+
     /// Joins `group` on `topic` and returns its raw deliveries. Most
     /// applications use a [`Router`](crate::Router) instead.
     pub async fn subscribe(

@@ -31,6 +31,7 @@ mod delivery;
 mod error;
 mod event;
 mod event_id;
+mod inventory;
 mod observe;
 pub mod redact;
 mod replay;
@@ -57,6 +58,7 @@ pub use error::{
 };
 pub use event::{DomainEvent, Event, Payload, RawEvent};
 pub use event_id::EventId;
+pub use inventory::{GroupInfo, InspectError, InspectErrorKind, TopicInfo};
 pub use observe::{Handled, Outcome, RouterObserver, Settled, SKIP_UNKNOWN_EVENT_TYPE};
 pub use redact::is_secret_key;
 pub use replay::{

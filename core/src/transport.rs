@@ -56,6 +56,26 @@ pub trait EventBus: Send + Sync + 'static {
         Err(SubscribeError::new(crate::SubscribeErrorKind::Unsupported, topic))
     }
 
+    /// The topics on the broker that busline can read, with what the broker
+    /// tells about each (see [`TopicInfo`](crate::TopicInfo)), sorted by name.
+    ///
+    /// The default reports [`InspectErrorKind::Unsupported`](crate::InspectErrorKind::Unsupported).
+    async fn list_topics(&self) -> Result<Vec<crate::TopicInfo>, crate::InspectError> {
+        Err(crate::InspectError::topics(crate::InspectErrorKind::Unsupported))
+    }
+
+    /// The groups of `topic` with their lag (see
+    /// [`GroupInfo`](crate::GroupInfo)), sorted by name: every group the
+    /// broker keeps a position or a queue for, connected or not.
+    ///
+    /// The default reports [`InspectErrorKind::Unsupported`](crate::InspectErrorKind::Unsupported).
+    async fn list_groups(&self, topic: &str) -> Result<Vec<crate::GroupInfo>, crate::InspectError> {
+        Err(crate::InspectError::groups(
+            crate::InspectErrorKind::Unsupported,
+            topic,
+        ))
+    }
+
     /// Joins `group` on `topic` as one competing member. Provisions the group
     /// first.
     async fn subscribe(
@@ -149,6 +169,14 @@ impl<D: BusDecorator> EventBus for D {
 
     async fn remove_group(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
         self.inner().remove_group(topic, group).await
+    }
+
+    async fn list_topics(&self) -> Result<Vec<crate::TopicInfo>, crate::InspectError> {
+        self.inner().list_topics().await
+    }
+
+    async fn list_groups(&self, topic: &str) -> Result<Vec<crate::GroupInfo>, crate::InspectError> {
+        self.inner().list_groups(topic).await
     }
 
     async fn subscribe(

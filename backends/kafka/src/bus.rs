@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use busline_core::backend::async_trait;
 use busline_core::{
-    BusConfig, Capabilities, ConfigError, EventBus, PublishError, RawEvent, StartFrom, SubscribeError,
-    SubscribeErrorKind, SubscribeOptions, Subscription,
+    BusConfig, Capabilities, ConfigError, EventBus, GroupInfo, InspectError, InspectErrorKind, PublishError,
+    RawEvent, StartFrom, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription, TopicInfo,
 };
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
@@ -170,6 +170,27 @@ impl EventBus for KafkaBus {
             .provision(topic, group, StartFrom::New)
             .await
             .map_err(|e| subscribe_error(&self.shared, topic, e))
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>, InspectError> {
+        if self.shared.is_closed() {
+            return Err(InspectError::topics(InspectErrorKind::Closed));
+        }
+        crate::inventory::topics(&self.shared.producer, self.shared.config.operation_timeout).await
+    }
+
+    async fn list_groups(&self, topic: &str) -> Result<Vec<GroupInfo>, InspectError> {
+        if self.shared.is_closed() {
+            return Err(InspectError::groups(InspectErrorKind::Closed, topic));
+        }
+        let shared = &self.shared;
+        crate::inventory::groups(
+            &shared.producer,
+            shared.config.clone(),
+            shared.bootstrap.clone(),
+            topic,
+        )
+        .await
     }
 
     async fn subscribe(

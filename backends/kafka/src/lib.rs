@@ -92,6 +92,7 @@ mod bus;
 mod config;
 mod errors;
 mod headers;
+mod inventory;
 mod member;
 mod publisher;
 mod shared;

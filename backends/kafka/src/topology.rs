@@ -318,7 +318,7 @@ pub fn consumer_group_id(topic: &str, group: &str) -> String {
 
 /// The committed offsets of the consumer's group on `partitions` of
 /// `topic`, where it has one.
-fn committed<C: rdkafka::consumer::ConsumerContext>(
+pub(crate) fn committed<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     partitions: &[i32],

@@ -8,3 +8,10 @@ mod common;
 use common::KafkaFixture;
 
 busline_testkit::conformance_suite!(KafkaFixture::new().await);
+
+// Scenario 22 runs here by name: librdkafka's mock cluster, which runs the
+// suite too, has no ListGroups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s22_list_topics_and_groups() {
+    busline_testkit::scenarios::list_topics_and_groups(&KafkaFixture::new().await).await;
+}

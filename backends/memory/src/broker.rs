@@ -137,6 +137,32 @@ impl MemoryBroker {
 }
 
 impl BrokerState {
+    /// The topics, sorted.
+    pub(crate) fn topic_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The groups of `topic` with their depths, sorted; `None` if the topic
+    /// does not exist.
+    pub(crate) fn group_depths(&self, topic: &str) -> Option<Vec<(String, usize)>> {
+        let mut groups: Vec<(String, usize)> = self
+            .topic(topic)?
+            .snapshot()
+            .iter()
+            .map(|(g, q)| (g.clone(), q.depth()))
+            .collect();
+        groups.sort();
+        Some(groups)
+    }
+
     fn topic(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics
             .read()

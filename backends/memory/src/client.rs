@@ -11,8 +11,9 @@ use std::time::Duration;
 use busline_core::backend::{async_trait, Acknowledge};
 use busline_core::wire;
 use busline_core::{
-    Capabilities, ConsumeError, DeadLetter, Delivery, EventBus, PublishError, PublishErrorKind, RawEvent,
-    SettleError, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription,
+    Capabilities, ConsumeError, DeadLetter, Delivery, EventBus, GroupInfo, InspectError, InspectErrorKind,
+    PublishError, PublishErrorKind, RawEvent, SettleError, SubscribeError, SubscribeErrorKind,
+    SubscribeOptions, Subscription, TopicInfo,
 };
 use futures::Stream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -160,6 +161,35 @@ impl EventBus for MemoryBus {
         }
         self.broker.state.remove_group(topic, group);
         Ok(())
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>, InspectError> {
+        if self.closed.is_set() {
+            return Err(InspectError::topics(InspectErrorKind::Closed));
+        }
+        // A memory topic keeps nothing itself; its groups' queues do.
+        Ok(self
+            .broker
+            .state
+            .topic_names()
+            .into_iter()
+            .map(TopicInfo::new)
+            .collect())
+    }
+
+    async fn list_groups(&self, topic: &str) -> Result<Vec<GroupInfo>, InspectError> {
+        if self.closed.is_set() {
+            return Err(InspectError::groups(InspectErrorKind::Closed, topic));
+        }
+        let groups = self
+            .broker
+            .state
+            .group_depths(topic)
+            .ok_or_else(|| InspectError::groups(InspectErrorKind::NotFound, topic))?;
+        Ok(groups
+            .into_iter()
+            .map(|(group, depth)| GroupInfo::new(group).with_lag(Some(depth as u64)))
+            .collect())
     }
 
     async fn subscribe(

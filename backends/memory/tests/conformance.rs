@@ -6,3 +6,9 @@ busline_testkit::conformance_suite!(busline_testkit::MemoryFixture::new(), pause
 
 // Scenario 18: every poison of "Untrusted wire input", written in wire form.
 busline_testkit::hostile_input_suite!(busline_testkit::MemoryFixture::new(), paused_time);
+
+// Scenario 22 (listing topics and groups) is run by name by each backend.
+#[tokio::test(start_paused = true)]
+async fn s22_list_topics_and_groups() {
+    busline_testkit::scenarios::list_topics_and_groups(&busline_testkit::MemoryFixture::new()).await;
+}

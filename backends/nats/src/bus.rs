@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use busline_core::backend::async_trait;
 use busline_core::{
-    Capabilities, ConfigError, EventBus, PublishError, RawEvent, RetryPolicy, SubscribeError,
-    SubscribeErrorKind, SubscribeOptions, Subscription,
+    Capabilities, ConfigError, EventBus, GroupInfo, InspectError, InspectErrorKind, PublishError, RawEvent,
+    RetryPolicy, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription, TopicInfo,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -201,6 +201,20 @@ impl EventBus for NatsBus {
         self.shared.topology.remove(topic, group).await.map_err(fail)?;
         tracing::debug!(topic, group, "group removed");
         Ok(())
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>, InspectError> {
+        if self.shared.is_closed() {
+            return Err(InspectError::topics(InspectErrorKind::Closed));
+        }
+        crate::inventory::topics(&self.shared.js).await
+    }
+
+    async fn list_groups(&self, topic: &str) -> Result<Vec<GroupInfo>, InspectError> {
+        if self.shared.is_closed() {
+            return Err(InspectError::groups(InspectErrorKind::Closed, topic));
+        }
+        crate::inventory::groups(&self.shared.js, topic).await
     }
 
     async fn subscribe(

@@ -50,6 +50,7 @@ mod bus;
 mod config;
 mod consumer;
 mod headers;
+mod inventory;
 mod keepalive;
 mod naming;
 mod publisher;
@@ -60,7 +61,7 @@ mod topology;
 
 pub use bus::{NatsBus, NatsStats};
 pub use config::{NatsConfig, Retention, Storage, TlsConfig, MAX_DELIVER_MARGIN};
-pub use naming::{consumer_name, escape, TopicNames};
+pub use naming::{consumer_name, escape, unescape, TopicNames};
 
 use busline_core::{Bus, BusConfig, BusSettings, ConfigError};
 

@@ -29,6 +29,46 @@ pub fn escape(name: &str) -> Option<String> {
     Some(out)
 }
 
+/// The name `escaped` is the escape of, if it is one: `None` for text
+/// [`escape`] never makes (a stream another program named).
+///
+/// ```
+/// let name = "orders.billing.dlq";
+/// assert_eq!(busline_nats::unescape(&busline_nats::escape(name).unwrap()).as_deref(), Some(name));
+/// assert_eq!(busline_nats::unescape("ORDERS_zz"), None);
+/// ```
+pub fn unescape(escaped: &str) -> Option<String> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b);
+            i += 1;
+        } else if b == b'_' {
+            let hex = escaped.get(i + 1..i + 3)?;
+            // Upper case only: escape writes `_2E`, so `_2e` is not its.
+            if !hex
+                .bytes()
+                .all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(&h))
+            {
+                return None;
+            }
+            let byte = u8::from_str_radix(hex, 16).ok()?;
+            if byte.is_ascii_alphanumeric() || byte == b'-' {
+                return None;
+            }
+            out.push(byte);
+            i += 3;
+        } else {
+            return None;
+        }
+    }
+    let name = String::from_utf8(out).ok()?;
+    (!name.is_empty()).then_some(name)
+}
+
 /// The names one topic maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicNames {
@@ -140,6 +180,25 @@ mod tests {
                     assert_eq!(&other, n, "{other:?} and {n:?} both escape to {e}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn unescape_inverts_escape_and_refuses_foreign_names() {
+        for name in [
+            "orders",
+            "orders.eu",
+            "a_b",
+            "ü.x",
+            "orders.billing.dlq",
+            "-",
+            "_2E",
+        ] {
+            assert_eq!(unescape(&escape(name).unwrap()).as_deref(), Some(name), "{name}");
+        }
+        // Names another program gave its streams.
+        for foreign in ["", "_2e", "_41", "a_", "a_4", "x y", "_FF", "KV_x"] {
+            assert_eq!(unescape(foreign), None, "{foreign}");
         }
     }
 

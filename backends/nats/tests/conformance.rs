@@ -7,3 +7,10 @@ mod common;
 use common::NatsFixture;
 
 busline_testkit::conformance_suite!(NatsFixture::new().await);
+
+// Scenario 22 runs here by name: librdkafka's mock cluster, which runs the
+// suite too, has no ListGroups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s22_list_topics_and_groups() {
+    busline_testkit::scenarios::list_topics_and_groups(&NatsFixture::new().await).await;
+}

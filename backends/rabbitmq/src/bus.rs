@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use busline_core::backend::async_trait;
 use busline_core::{
-    Capabilities, EventBus, PublishError, PublishErrorKind, RawEvent, SubscribeError, SubscribeErrorKind,
-    SubscribeOptions, Subscription,
+    Capabilities, EventBus, GroupInfo, InspectError, InspectErrorKind, PublishError, PublishErrorKind,
+    RawEvent, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription, TopicInfo,
 };
 use lapin::types::ShortString;
 use tokio::sync::watch;
@@ -16,6 +16,7 @@ use crate::connection::{Link, LinkError, LinkOptions};
 use crate::consumer::Member;
 use crate::headers;
 use crate::losses::LossPolicy;
+use crate::management::Management;
 use crate::publisher::{Failure, Outgoing, Publisher};
 use crate::retry::RetryTuning;
 use crate::stats::{Counters, RabbitStats};
@@ -48,6 +49,22 @@ struct Inner {
     topology: Arc<Topology>,
     closed: watch::Sender<bool>,
     connection_name: String,
+}
+
+impl RabbitBus {
+    /// The management API of the first seed (or `management_url`).
+    fn management(&self) -> Result<Management, (InspectErrorKind, String)> {
+        if *self.inner.closed.borrow() {
+            return Err((InspectErrorKind::Closed, "the bus is shut down".into()));
+        }
+        let seeds = crate::seeds::parse(&self.inner.url).map_err(|e| (InspectErrorKind::Other, e))?;
+        let seed = seeds
+            .first()
+            .ok_or((InspectErrorKind::Other, "no broker in the URL".to_owned()))?;
+        let config = &self.inner.config;
+        Management::new(config.management_url.as_deref(), seed, config.operation_timeout)
+            .map_err(|e| (InspectErrorKind::Unsupported, e))
+    }
 }
 
 impl std::fmt::Debug for RabbitBus {
@@ -329,6 +346,20 @@ impl EventBus for RabbitBus {
             .topology
             .remove(&self.inner.consume_link, topic, group, &retry);
         self.within_operation_timeout(topic, "removing the group", removed)
+            .await
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicInfo>, InspectError> {
+        self.management()
+            .map_err(|(kind, e)| InspectError::topics(kind).with_source(e))?
+            .topics()
+            .await
+    }
+
+    async fn list_groups(&self, topic: &str) -> Result<Vec<GroupInfo>, InspectError> {
+        self.management()
+            .map_err(|(kind, e)| InspectError::groups(kind, topic).with_source(e))?
+            .groups(topic)
             .await
     }
 

@@ -174,6 +174,11 @@ pub struct RabbitConfig {
     /// TLS of `amqps://` connections: a private CA to trust and a client
     /// certificate for mutual TLS (the `[rabbitmq.tls]` table).
     pub tls: RabbitTls,
+    /// Where the management plugin's HTTP API answers (`http://host:15672`),
+    /// for listing topics and groups: AMQP cannot list exchanges or queues.
+    /// Unset, it is port 15672 on the URL's first host; the AMQP URL's
+    /// credentials and vhost are used either way. Plain HTTP only.
+    pub management_url: Option<String>,
 }
 
 impl Default for RabbitConfig {
@@ -197,6 +202,7 @@ impl Default for RabbitConfig {
             dead_letter_backoff: Duration::from_millis(200),
             dead_letter_backoff_max: Duration::from_secs(30),
             tls: RabbitTls::default(),
+            management_url: None,
         }
     }
 }

@@ -62,6 +62,7 @@ mod consumer;
 mod group;
 mod headers;
 mod losses;
+mod management;
 mod publisher;
 mod retry;
 mod seeds;

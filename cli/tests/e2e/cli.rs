@@ -14,6 +14,9 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 /// The binary with a URL.
 pub struct Cli {
     url: String,
+    /// A `BUSLINE_CONFIG` file for the run (the URL still comes from
+    /// `--url`).
+    config: Option<std::path::PathBuf>,
 }
 
 /// What a finished run said.
@@ -41,7 +44,21 @@ impl Output {
 
 impl Cli {
     pub fn new(url: &str) -> Self {
-        Self { url: url.to_owned() }
+        Self {
+            url: url.to_owned(),
+            config: None,
+        }
+    }
+
+    /// Runs with `toml` as its `BUSLINE_CONFIG` file.
+    pub fn with_config(mut self, toml: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "{}.toml",
+            busline_testkit::support::unique("busline-e2e")
+        ));
+        std::fs::write(&path, toml).expect("write the config file");
+        self.config = Some(path);
+        self
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -56,6 +73,9 @@ impl Cli {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(config) = &self.config {
+            command.env("BUSLINE_CONFIG", config);
+        }
         command
     }
 

@@ -236,3 +236,76 @@ pub async fn doctor_fails_to_connect(url: &str) {
     assert!(out.stdout.contains("FAIL"), "a failed step: {out}");
     assert!(!out.stdout.contains("all checks passed"), "{out}");
 }
+
+/// The CLI of `url`, with the RabbitMQ management API of the test node
+/// (`.ci/rabbitmq-restartable.sh env`) where the URL is AMQP: AMQP itself
+/// cannot list exchanges or queues.
+fn inventory_cli(url: &str) -> Cli {
+    let cli = Cli::new(url);
+    match std::env::var("BUSLINE_TEST_AMQP_MANAGEMENT_URL") {
+        Ok(management) if url.starts_with("amqp") => {
+            cli.with_config(&format!("[rabbitmq]\nmanagement_url = \"{management}\"\n"))
+        }
+        _ => cli,
+    }
+}
+
+/// `busline groups --json` until `group` shows `lag`; the brokers publish
+/// their figures with a delay (RabbitMQ's statistics every 5 s).
+async fn lag_shows(cli: &Cli, topic: &str, group: &str, lag: u64) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let out = cli.run(&["groups", topic, "--json"]).await;
+        out.assert_code(0);
+        let row = out
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|row| row["group"] == group && row["lag"] == lag);
+        if let Some(row) = row {
+            return row;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group {group} never showed lag {lag}: {out}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn topics_and_groups_show_the_lag(url: &str) {
+    let cli = inventory_cli(url);
+    let bus = connect(url).await;
+    let topic = unique("cli-inv");
+    let group = unique("billing");
+    bus.provision(&topic, &group).await.expect("provision");
+    publish(&cli, &topic, "o-1", false).await;
+    publish(&cli, &topic, "o-2", false).await;
+
+    let topics = cli.run(&["topics"]).await;
+    topics.assert_code(0);
+    assert!(topics.stdout.starts_with("TOPIC"), "a table: {topics}");
+    assert!(
+        topics
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(topic.as_str())),
+        "the topic is listed: {topics}"
+    );
+
+    let row = lag_shows(&cli, &topic, &group, 2).await;
+    assert_eq!(row["dead_letters"], 0, "nothing dead-lettered yet: {row}");
+    let table = cli.run(&["groups", &topic]).await;
+    table.assert_code(0);
+    let line = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&group))
+        .unwrap_or_else(|| panic!("the group's row: {table}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("2"), "its lag: {table}");
+
+    let missing = cli.run(&["groups", &unique("absent")]).await;
+    missing.assert_code(4);
+    let _ = bus.remove_group(&topic, &group).await;
+    bus.shutdown().await;
+}

@@ -34,6 +34,17 @@ mod memory {
     }
 
     #[tokio::test]
+    async fn a_fresh_memory_bus_lists_nothing() {
+        // The memory bus lives in the process: a new one holds nothing.
+        let topics = Cli::new("memory://").run(&["topics"]).await;
+        topics.assert_code(0);
+        assert_eq!(topics.stdout.trim(), "no topics", "{topics}");
+        let groups = Cli::new("memory://").run(&["groups", "orders"]).await;
+        groups.assert_code(4);
+        assert!(groups.stderr.contains("no such topic"), "{groups}");
+    }
+
+    #[tokio::test]
     async fn tail_that_sees_fewer_than_count_exits_4() {
         let out = Cli::new("memory://")
             .run(&["tail", "orders", "--count", "1", "--timeout", "200ms"])
@@ -107,6 +118,11 @@ macro_rules! broker_flows {
             #[tokio::test]
             async fn purge_removes_only_what_it_selects() {
                 flows::purge_removes_only_what_it_selects(&url().await).await;
+            }
+
+            #[tokio::test]
+            async fn topics_and_groups_show_the_lag() {
+                flows::topics_and_groups_show_the_lag(&url().await).await;
             }
 
             #[tokio::test]

@@ -7,6 +7,7 @@ mod delivery;
 mod failure;
 mod hostile;
 mod inspect;
+mod inventory;
 mod lifecycle;
 mod routing;
 
@@ -21,6 +22,7 @@ pub use failure::{
 };
 pub use hostile::{hostile_input, poison_message, HostileOutcome, Poison};
 pub use inspect::browse_dead_letters_and_settle_each;
+pub use inventory::list_topics_and_groups;
 pub use lifecycle::{
     broker_restart_loses_no_confirmed_event, graceful_shutdown, publisher_closed_with_events_in_flight,
     remove_group_deletes_its_events, unacked_deliveries_survive_consumer_restart,

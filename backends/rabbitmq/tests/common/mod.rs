@@ -34,7 +34,11 @@ impl RabbitFixture {
             .unwrap_or_else(|e| panic!("RabbitMQ tests need a broker: {e}"));
         Self {
             broker,
-            config: RabbitConfig::default(),
+            config: RabbitConfig {
+                // The project's node serves it (`.ci/rabbitmq-restartable.sh env`).
+                management_url: std::env::var("BUSLINE_TEST_AMQP_MANAGEMENT_URL").ok(),
+                ..RabbitConfig::default()
+            },
             cluster: None,
         }
     }
