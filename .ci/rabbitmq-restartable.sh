@@ -34,13 +34,17 @@ management_port=$((port + 10000))
 mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
 # The management plugin serves `list_topics`/`list_groups` (AMQP cannot
 # list exchanges or queues), on a port of its own beside the shared
-# broker's. Written every time: a node started before keeps its settings
-# until `reset` starts it again.
+# broker's. Set every time (a node started before keeps its settings until
+# `reset` starts it again); other lines of rabbitmq.conf, which a test may
+# have written (a TLS listener), are kept.
 echo '[rabbitmq_management].' >"$dir/enabled_plugins"
-cat >"$dir/rabbitmq.conf" <<CONF
-management.tcp.ip = 127.0.0.1
-management.tcp.port = ${management_port}
-CONF
+touch "$dir/rabbitmq.conf"
+{
+    grep -v '^management\.tcp\.' "$dir/rabbitmq.conf" || true
+    echo "management.tcp.ip = 127.0.0.1"
+    echo "management.tcp.port = ${management_port}"
+} >"$dir/rabbitmq.conf.new"
+mv "$dir/rabbitmq.conf.new" "$dir/rabbitmq.conf"
 touch "$dir/rabbitmq-env.conf"
 
 export HOME="$dir/home"
