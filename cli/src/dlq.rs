@@ -6,7 +6,6 @@
 //! readers), holds what it read unsettled, and then settles each letter:
 //! listed and kept ones go back to the DLQ at once.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -132,7 +131,7 @@ impl Selection {
         if self.all {
             return true;
         }
-        let by_id = self.ids.is_empty() || held.id().is_some_and(|id| self.ids.iter().any(|want| want == id));
+        let by_id = self.ids.is_empty() || self.ids.iter().any(|want| has_id(held, want));
         let by_reason = match self.reason {
             None => true,
             Some(ReasonFilter::Unreadable) => held.event().is_err(),
@@ -143,10 +142,9 @@ impl Selection {
 
     /// Ids asked for by --id that are not among `held`.
     fn missing(&self, held: &[HeldLetter]) -> Vec<String> {
-        let present: BTreeSet<&str> = held.iter().filter_map(HeldLetter::id).collect();
         self.ids
             .iter()
-            .filter(|id| !present.contains(id.as_str()))
+            .filter(|id| !held.iter().any(|h| has_id(h, id)))
             .cloned()
             .collect()
     }
@@ -198,7 +196,13 @@ async fn browse(bus: &Bus, config: &BusConfig, dlq: &Dlq) -> Result<DeadLetterBa
 
 fn letter_json(held: &HeldLetter) -> Value {
     match held.event() {
-        Err(error) => json!({ "id": null, "unreadable": error.to_string() }),
+        Err(error) => {
+            let mut out = json!({ "id": raw_id(held), "unreadable": error.to_string() });
+            if let Some(received) = held.received() {
+                out["received"] = render::received_json(received);
+            }
+            out
+        }
         Ok(event) => {
             let letter = held.letter();
             json!({
@@ -213,12 +217,45 @@ fn letter_json(held: &HeldLetter) -> Value {
     }
 }
 
+/// The id an unreadable letter's own header gives, if any: a name for it,
+/// not a trusted attribute.
+fn raw_id(held: &HeldLetter) -> Option<String> {
+    held.received()
+        .and_then(|r| render::raw_attribute(r, "id"))
+        .map(render::bytes_text)
+}
+
+/// Whether `id` names `held`: its envelope's id, or for an unreadable
+/// letter the id header it carries.
+fn has_id(held: &HeldLetter, id: &str) -> bool {
+    held.id() == Some(id) || (held.event().is_err() && raw_id(held).as_deref() == Some(id))
+}
+
+/// Each unreadable letter as received, below the table: the table has no
+/// room for what the operator needs to find its producer.
+fn unreadable_details(letters: &[&HeldLetter]) -> String {
+    let mut out = String::new();
+    for held in letters {
+        let Err(error) = held.event() else { continue };
+        out.push_str(&format!(
+            "unreadable {}: {}\n",
+            raw_id(held).unwrap_or_else(|| "(no id header)".into()),
+            render::cut(&error.to_string(), 200)
+        ));
+        match held.received() {
+            Some(received) => out.push_str(&format!("{}\n", render::received_pretty(received))),
+            None => out.push_str("  (this backend kept nothing of it)\n"),
+        }
+    }
+    out
+}
+
 fn table(letters: &[&HeldLetter]) -> String {
     let rows: Vec<[String; 6]> = letters
         .iter()
         .map(|held| match held.event() {
             Err(error) => [
-                "-".into(),
+                raw_id(held).map_or_else(|| "-".into(), |id| render::cut(&id, 40)),
                 "-".into(),
                 "unreadable".into(),
                 "-".into(),
@@ -257,6 +294,7 @@ async fn list(bus: &Bus, config: &BusConfig, args: ListArgs) -> Result<ExitCode,
         );
     } else {
         print!("{}", table(&held));
+        print!("{}", unreadable_details(&held));
         let unreadable = held.iter().filter(|h| h.event().is_err()).count();
         println!(
             "{} dead letters in {} ({unreadable} unreadable)",
@@ -270,7 +308,7 @@ async fn list(bus: &Bus, config: &BusConfig, args: ListArgs) -> Result<ExitCode,
 
 async fn show(bus: &Bus, config: &BusConfig, args: ShowArgs) -> Result<ExitCode, CliError> {
     let batch = browse(bus, config, &args.dlq).await?;
-    let found = batch.letters().iter().find(|h| h.id() == Some(args.id.as_str()));
+    let found = batch.letters().iter().find(|h| has_id(h, &args.id));
     let shown = match found.map(|held| (held, held.event())) {
         Some((held, Ok(event))) => {
             let mut whole = render::event_json(event);
@@ -279,7 +317,13 @@ async fn show(bus: &Bus, config: &BusConfig, args: ShowArgs) -> Result<ExitCode,
             println!("{}", serde_json::to_string_pretty(&whole).unwrap_or_default());
             true
         }
-        _ => false,
+        Some((held, Err(_))) => {
+            let mut whole = letter_json(held);
+            whole["dlq_delivery_attempt"] = held.delivery_attempt().into();
+            println!("{}", serde_json::to_string_pretty(&whole).unwrap_or_default());
+            true
+        }
+        None => false,
     };
     let dlq = dead_letter_topic(&args.dlq.topic, &args.dlq.group);
     batch.release().await;

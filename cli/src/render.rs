@@ -1,7 +1,7 @@
 //! How events look on the terminal and as JSON lines.
 
 use base64::Engine;
-use busline_core::{EnvelopeError, RawEvent};
+use busline_core::{EnvelopeError, RawEvent, ReceivedMessage};
 use serde_json::{json, Map, Value};
 
 /// The whole envelope as one JSON object; a JSON payload as JSON, any
@@ -71,9 +71,85 @@ pub(crate) fn event_pretty(topic: &str, event: &RawEvent) -> String {
     format!("{head}\n{meta}\n  {}", data_line(event))
 }
 
-/// A message that is not a readable envelope, for both outputs.
-pub(crate) fn unreadable_json(topic: &str, error: &EnvelopeError) -> Value {
-    json!({ "topic": topic, "unreadable": error.to_string() })
+/// A message that is not a readable envelope, for both outputs, with the
+/// message as received where the backend kept it.
+pub(crate) fn unreadable_json(
+    topic: &str,
+    error: &EnvelopeError,
+    received: Option<&ReceivedMessage>,
+) -> Value {
+    let mut out = json!({ "topic": topic, "unreadable": error.to_string() });
+    if let Some(received) = received {
+        out["received"] = received_json(received);
+    }
+    out
+}
+
+/// Bytes as text: UTF-8 where they are, `\xNN` for each byte that is not,
+/// control characters escaped, so nothing a foreign producer wrote reaches
+/// the terminal raw and nothing is lost.
+pub(crate) fn bytes_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// A received message: its headers as `[name, value]` pairs in order (a
+/// name may repeat), its body as UTF-8 text or base64.
+pub(crate) fn received_json(received: &ReceivedMessage) -> Value {
+    let headers: Vec<Value> = received
+        .headers
+        .iter()
+        .map(|(name, value)| json!([bytes_text(name), bytes_text(value)]))
+        .collect();
+    let body = &received.body;
+    let body = match std::str::from_utf8(body) {
+        Ok(text) => json!({ "bytes": body.len(), "text": text }),
+        Err(_) => {
+            json!({ "bytes": body.len(), "base64": base64::engine::general_purpose::STANDARD.encode(body) })
+        }
+    };
+    json!({ "headers": headers, "body": body })
+}
+
+/// A received message in two lines for a person: its headers, then its
+/// body's size and start.
+pub(crate) fn received_pretty(received: &ReceivedMessage) -> String {
+    let headers: Vec<String> = received
+        .headers
+        .iter()
+        .map(|(name, value)| format!("{}={}", bytes_text(name), cut(&bytes_text(value), 60)))
+        .collect();
+    format!(
+        "  headers  {}\n  body     {} bytes  {}",
+        if headers.is_empty() {
+            "(none)".to_owned()
+        } else {
+            headers.join("  ")
+        },
+        received.body.len(),
+        cut(&bytes_text(&received.body), 80)
+    )
+}
+
+/// An envelope attribute's raw value in a message busline could not read,
+/// under any dialect's header prefix: for naming the message to an
+/// operator (its id), never for trusting it.
+pub(crate) fn raw_attribute<'a>(received: &'a ReceivedMessage, attribute: &str) -> Option<&'a [u8]> {
+    ["ce_", "ce-", "cloudEvents:", "cloudEvents_"]
+        .iter()
+        .find_map(|prefix| received.header(&format!("{prefix}{attribute}")))
 }
 
 /// `text` cut to `max` characters, with an ellipsis when cut; newlines
@@ -127,6 +203,13 @@ mod tests {
         let binary = RawEvent::of_type("t", 1, Payload::new("application/octet-stream", &b"\xff\x00"[..]));
         assert_eq!(event_json(&binary)["data"], json!({"base64": "/wA="}));
         assert_eq!(data_line(&binary), "<2 bytes of application/octet-stream>");
+    }
+
+    #[test]
+    fn foreign_bytes_are_escaped_not_lost() {
+        assert_eq!(bytes_text(b"plain"), "plain");
+        assert_eq!(bytes_text(b"a\xff\xfeb"), "a\\xff\\xfeb");
+        assert_eq!(bytes_text("ü\u{1b}[2J".as_bytes()), "ü\\u{1b}[2J");
     }
 
     #[test]

@@ -129,9 +129,15 @@ pub(crate) async fn run(global: &Global, args: TailArgs) -> Result<ExitCode, Cli
             Err(error) if args.filters.is_empty() => {
                 seen += 1;
                 if args.json {
-                    println!("{}", render::unreadable_json(&args.topic, error));
+                    println!(
+                        "{}",
+                        render::unreadable_json(&args.topic, error, delivery.received())
+                    );
                 } else {
                     println!("unreadable message on {}: {error}", args.topic);
+                    if let Some(received) = delivery.received() {
+                        println!("{}", render::received_pretty(received));
+                    }
                 }
             }
             Err(_) => {}

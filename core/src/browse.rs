@@ -62,6 +62,7 @@ pub struct HeldLetter {
     event: Result<RawEvent, EnvelopeError>,
     letter: Option<DeadLetter>,
     acker: Acker,
+    received: Option<crate::ReceivedMessage>,
 }
 
 impl HeldLetter {
@@ -75,6 +76,12 @@ impl HeldLetter {
     /// the envelope is unreadable or carries none.
     pub fn letter(&self) -> Option<&DeadLetter> {
         self.letter.as_ref()
+    }
+
+    /// The letter as the broker handed it over, where the envelope is
+    /// unreadable and the backend kept it (see [`Delivery::received`](crate::Delivery::received)).
+    pub fn received(&self) -> Option<&crate::ReceivedMessage> {
+        self.received.as_ref()
     }
 
     /// The event id, where the envelope is readable.
@@ -161,7 +168,9 @@ impl DeadLetterBatch {
         let mut held = held.into_iter();
         while let Some(letter) = held.next() {
             let action = decide(&letter);
-            let HeldLetter { event, letter, acker } = letter;
+            let HeldLetter {
+                event, letter, acker, ..
+            } = letter;
             match action {
                 LetterAction::Keep => {
                     report.kept += 1;
@@ -276,9 +285,15 @@ impl Bus {
             let delivery = next.map_err(|e| {
                 SubscribeError::new(SubscribeErrorKind::Connection, dlq.clone()).with_source(e)
             })?;
+            let received = delivery.received().cloned();
             let (event, acker) = delivery.into_parts();
             let letter = event.as_ref().ok().and_then(DeadLetter::read);
-            held.push(HeldLetter { event, letter, acker });
+            held.push(HeldLetter {
+                event,
+                letter,
+                acker,
+                received,
+            });
         }
         Ok(DeadLetterBatch {
             topic: topic.to_owned(),

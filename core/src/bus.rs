@@ -271,6 +271,11 @@ impl Bus {
         self.transport.remove_group(topic, group).await
     }
 
+    /// Whether the bus reaches its broker now ([`EventBus::connection_state`]).
+    pub fn connection_state(&self) -> crate::ConnectionState {
+        self.transport.connection_state()
+    }
+
     /// The broker's topics with their sizes ([`EventBus::list_topics`]).
     pub async fn list_topics(&self) -> Result<Vec<crate::TopicInfo>, crate::InspectError> {
         self.transport.list_topics().await

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::Utc;
 
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
@@ -122,15 +123,58 @@ impl Acker {
     }
 }
 
+/// A message as the broker handed it over, kept on a [`Delivery`] whose
+/// envelope could not be read: what an operator looks at to learn who
+/// wrote it and how (`busline dlq list`).
+///
+/// ```
+/// use bytes::Bytes;
+/// let message = busline_core::ReceivedMessage::new(
+///     vec![(Bytes::from_static(b"ce_type"), Bytes::from_static(b"order.created"))],
+///     Bytes::from_static(b"{}"),
+/// );
+/// assert_eq!(message.header("CE_TYPE"), Some(&b"order.created"[..]));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReceivedMessage {
+    /// Its headers in the order the client gives them (lapin's: by name),
+    /// name and value as the bytes the broker gave (AMQP values that are
+    /// numbers or booleans as their text; AMQP properties as
+    /// `amqp.<property>`).
+    pub headers: Vec<(Bytes, Bytes)>,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl ReceivedMessage {
+    /// A message of `headers` and `body`.
+    pub fn new(headers: Vec<(Bytes, Bytes)>, body: Bytes) -> Self {
+        Self { headers, body }
+    }
+
+    /// The value of the first header named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
 /// One event handed to one group member.
 ///
 /// The event is `Err` when the message's headers could not be read as an
 /// envelope: a poison message, which should be dead-lettered with
-/// [`DeadLetterReason::MalformedEnvelope`] (the router does this).
+/// [`DeadLetterReason::MalformedEnvelope`] (the router does this); the
+/// backends then keep the message as received ([`received`](Self::received)).
 #[derive(Debug)]
 pub struct Delivery {
     event: Result<RawEvent, EnvelopeError>,
     acker: Acker,
+    /// Boxed: set only for unreadable messages, so it costs a readable
+    /// delivery one pointer.
+    received: Option<Box<ReceivedMessage>>,
 }
 
 impl Delivery {
@@ -150,7 +194,21 @@ impl Delivery {
                 group,
                 attempt: attempt.max(1),
             },
+            received: None,
         }
+    }
+
+    /// Keeps the message as the broker handed it over; for backends, when
+    /// the envelope could not be read.
+    pub fn with_received(mut self, received: ReceivedMessage) -> Self {
+        self.received = Some(Box::new(received));
+        self
+    }
+
+    /// The message as the broker handed it over, where the backend kept it:
+    /// when [`event`](Self::event) is `Err`.
+    pub fn received(&self) -> Option<&ReceivedMessage> {
+        self.received.as_deref()
     }
 
     /// The envelope, or why it could not be read.
@@ -176,7 +234,11 @@ impl Delivery {
     /// Puts a delivery together again from its parts, for decorators of a
     /// bus that replace the event (a signature check that refuses it).
     pub fn from_parts(event: Result<RawEvent, EnvelopeError>, acker: Acker) -> Self {
-        Self { event, acker }
+        Self {
+            event,
+            acker,
+            received: None,
+        }
     }
 
     /// Separates the event from its settle handle.

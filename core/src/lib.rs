@@ -51,7 +51,7 @@ pub use config::{
 pub use dead_letter::{
     dead_letter_topic, DeadLetter, DeadLetterPolicy, DeadLetterReason, UnknownEventAction,
 };
-pub use delivery::{Acker, Delivery};
+pub use delivery::{Acker, Delivery, ReceivedMessage};
 pub use error::{
     BoxError, ConfigError, ConsumeError, ConsumeErrorKind, EnvelopeError, ErrorChain, PublishError,
     PublishErrorKind, SettleError, SettleErrorKind, SubscribeError, SubscribeErrorKind,
@@ -76,7 +76,7 @@ pub use router::{
 /// The string type of the envelope's names (type, source, key, content
 /// type): inline up to 23 bytes, shared beyond, borrowed for `&'static str`.
 pub use smol_str::SmolStr;
-pub use transport::{Capabilities, EventBus, StartFrom, SubscribeOptions, Subscription};
+pub use transport::{Capabilities, ConnectionState, EventBus, StartFrom, SubscribeOptions, Subscription};
 
 /// What a backend crate, or a decorator of someone else's [`EventBus`],
 /// implements and calls, apart from what applications use: the settle side

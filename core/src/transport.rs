@@ -76,6 +76,15 @@ pub trait EventBus: Send + Sync + 'static {
         ))
     }
 
+    /// Whether this connection reaches its broker now, as far as the
+    /// client knows: for readiness probes ([`RouterHealth`](crate::RouterHealth)
+    /// counts it). Cheap and non-blocking; it waits for nothing.
+    ///
+    /// The default is [`ConnectionState::Unknown`].
+    fn connection_state(&self) -> ConnectionState {
+        ConnectionState::Unknown
+    }
+
     /// Joins `group` on `topic` as one competing member. Provisions the group
     /// first.
     async fn subscribe(
@@ -88,6 +97,52 @@ pub trait EventBus: Send + Sync + 'static {
     /// Stops this connection: new publishes and subscriptions fail with
     /// `Closed`; publishes already confirmed stay confirmed. Idempotent.
     async fn shutdown(&self);
+}
+
+/// Whether a bus reaches its broker, as its client knows it now.
+///
+/// ```
+/// use busline_core::ConnectionState;
+/// assert!(ConnectionState::Unknown.is_usable());
+/// let down = ConnectionState::Reconnecting { reason: "connection reset".into() };
+/// assert!(!down.is_usable());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Connected; for a client that connects on first use, also before it
+    /// has (nothing has failed).
+    Connected,
+    /// Not connected now, and trying again; `reason` is the last error or
+    /// what was seen, for an operator.
+    Reconnecting {
+        /// Why, as far as known.
+        reason: String,
+    },
+    /// Shut down.
+    Closed,
+    /// The backend cannot tell (the Kafka client reconnects inside and says
+    /// so only through its statistics).
+    Unknown,
+}
+
+impl ConnectionState {
+    /// Connected, or not known to be otherwise: what a readiness probe
+    /// accepts.
+    pub fn is_usable(&self) -> bool {
+        matches!(self, Self::Connected | Self::Unknown)
+    }
+}
+
+impl std::fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connected => f.write_str("connected"),
+            Self::Reconnecting { reason } => write!(f, "reconnecting ({reason})"),
+            Self::Closed => f.write_str("closed"),
+            Self::Unknown => f.write_str("unknown"),
+        }
+    }
 }
 
 /// An [`EventBus`] wrapped around another one, changing some of its calls
@@ -173,6 +228,10 @@ impl<D: BusDecorator> EventBus for D {
 
     async fn list_topics(&self) -> Result<Vec<crate::TopicInfo>, crate::InspectError> {
         self.inner().list_topics().await
+    }
+
+    fn connection_state(&self) -> ConnectionState {
+        self.inner().connection_state()
     }
 
     async fn list_groups(&self, topic: &str) -> Result<Vec<crate::GroupInfo>, crate::InspectError> {

@@ -61,7 +61,8 @@ impl ProbeEndpoint {
     }
 
     /// Reports the bus: once it is shut down, the service is neither alive
-    /// nor ready.
+    /// nor ready; while it reconnects ([`Bus::connection_state`]) it is
+    /// alive and not ready.
     pub fn bus(mut self, bus: Bus) -> Self {
         self.bus = Some(bus);
         self
@@ -69,14 +70,15 @@ impl ProbeEndpoint {
 
     /// The answer to `GET path`: `/health` is 200 while no subscription has
     /// died (paused ones are alive), `/ready` is 200 while every one takes
-    /// deliveries, both 503 otherwise with the reasons in the body;
-    /// `/metrics` is the routers' counters and subscription states in
-    /// Prometheus' text format.
+    /// deliveries and no bus is reconnecting, both 503 otherwise with the
+    /// reasons in the body; `/metrics` is the routers' counters,
+    /// subscription states and the bus's connection in Prometheus' text
+    /// format.
     pub fn answer(&self, path: &str) -> ProbeResponse {
         let path = path.split('?').next().unwrap_or(path);
         match path {
-            "/health" | "/healthz" | "/livez" => self.verdict(|h| h.is_alive()),
-            "/ready" | "/readyz" => self.verdict(|h| h.is_ready()),
+            "/health" | "/healthz" | "/livez" => self.verdict(false, |h| h.is_alive()),
+            "/ready" | "/readyz" => self.verdict(true, |h| h.is_ready()),
             "/metrics" => ProbeResponse {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
@@ -86,16 +88,28 @@ impl ProbeEndpoint {
         }
     }
 
-    fn verdict(&self, good: impl Fn(&busline_core::RouterHealth) -> bool) -> ProbeResponse {
+    /// `ready`: a bus that is reconnecting fails it too (it is alive).
+    fn verdict(&self, ready: bool, good: impl Fn(&busline_core::RouterHealth) -> bool) -> ProbeResponse {
         let mut body = String::new();
         let mut ok = true;
-        if self.bus.as_ref().is_some_and(Bus::is_closed) {
-            ok = false;
-            body.push_str("bus: shut down\n");
+        if let Some(bus) = &self.bus {
+            if bus.is_closed() {
+                ok = false;
+                body.push_str("bus: shut down\n");
+            } else {
+                let connection = bus.connection_state();
+                if !connection.is_usable() {
+                    ok &= !ready;
+                    let _ = writeln!(body, "bus: {connection}");
+                }
+            }
         }
         for router in &self.routers {
             let health = router.health();
             ok &= good(&health);
+            if !health.connection.is_usable() {
+                let _ = writeln!(body, "{} bus: {}", health.group, health.connection);
+            }
             for s in &health.subscriptions {
                 let _ = writeln!(body, "{} {}: {}", health.group, s.topic, state_text(&s.state));
             }
@@ -124,6 +138,17 @@ impl ProbeEndpoint {
                 let _ = writeln!(
                     out,
                     "busline_router_events_total{{group=\"{group}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        if let Some(connection) = self.bus.as_ref().map(Bus::connection_state) {
+            if connection != busline_core::ConnectionState::Unknown {
+                out.push_str("# HELP busline_bus_connected 1 while the bus reaches its broker, 0 reconnecting or shut down.\n");
+                out.push_str("# TYPE busline_bus_connected gauge\n");
+                let _ = writeln!(
+                    out,
+                    "busline_bus_connected {}",
+                    u8::from(connection == busline_core::ConnectionState::Connected)
                 );
             }
         }

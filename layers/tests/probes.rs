@@ -177,3 +177,99 @@ async fn clients_that_are_not_probes_get_an_error_status_and_the_endpoint_keeps_
     assert_eq!(get(addr, "/health").await.0, 200);
     let _ = stop.send(());
 }
+
+/// A memory bus whose connection state a test sets, as a broker client
+/// reports losing and regaining its connection.
+struct Unplugged {
+    inner: Arc<dyn EventBus>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl EventBus for Unplugged {
+    fn capabilities(&self) -> busline_core::Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        event: busline_core::RawEvent,
+    ) -> Result<(), busline_core::PublishError> {
+        self.inner.publish(topic, event).await
+    }
+
+    async fn provision(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        self.inner.provision(topic, group).await
+    }
+
+    fn connection_state(&self) -> busline_core::ConnectionState {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            busline_core::ConnectionState::Reconnecting {
+                reason: "connection reset by peer".into(),
+            }
+        } else {
+            busline_core::ConnectionState::Connected
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError> {
+        self.inner.subscribe(topic, group, options).await
+    }
+
+    async fn shutdown(&self) {
+        self.inner.shutdown().await
+    }
+}
+
+#[tokio::test]
+async fn a_reconnecting_bus_is_alive_and_not_ready() {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bus = Bus::new(
+        Unplugged {
+            inner: memory_bus().transport().clone(),
+            down: down.clone(),
+        },
+        BusSettings::default(),
+    );
+    let topic = unique("orders");
+    let router = Router::new(bus.clone(), "billing")
+        .on(&topic, |_e: DomainEvent<Ping>| async {
+            Ok::<_, HandlerError>(())
+        })
+        .start()
+        .await
+        .unwrap();
+    let (addr, stop) = start(ProbeEndpoint::new().bus(bus.clone()).router(router.probe())).await;
+    assert_eq!(get(addr, "/ready").await.0, 200);
+    assert!(get(addr, "/metrics")
+        .await
+        .1
+        .contains("busline_bus_connected 1\n"));
+
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = get(addr, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("bus: reconnecting (connection reset by peer)"),
+        "{body}"
+    );
+    assert!(body.contains("billing bus: reconnecting"), "{body}");
+    assert!(!router.health().is_ready());
+    assert_eq!(get(addr, "/health").await.0, 200, "reconnecting is alive");
+    assert!(get(addr, "/metrics")
+        .await
+        .1
+        .contains("busline_bus_connected 0\n"));
+
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(get(addr, "/ready").await.0, 200, "ready again once back");
+    router.shutdown().await.unwrap();
+    bus.shutdown().await;
+    let _ = stop.send(());
+}

@@ -281,13 +281,18 @@ impl BusDecorator for RecordingBus {
             next.map(|delivery| {
                 let attempt = delivery.attempt();
                 let (topic, group) = (delivery.topic().into(), delivery.group().into());
+                let received = delivery.received().cloned();
                 let (event, acker) = delivery.into_parts();
                 let recorder = RecordingAcker {
                     acker,
                     event: event.clone(),
                     recording: recording.clone(),
                 };
-                Delivery::new(event, attempt, topic, group, Box::new(recorder))
+                let recorded = Delivery::new(event, attempt, topic, group, Box::new(recorder));
+                match received {
+                    Some(received) => recorded.with_received(received),
+                    None => recorded,
+                }
             })
         })))
     }

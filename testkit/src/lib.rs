@@ -18,6 +18,7 @@ pub mod events;
 mod fixture;
 mod harness;
 pub mod logs;
+pub mod proxy;
 pub mod scenarios;
 pub mod support;
 pub mod tls;

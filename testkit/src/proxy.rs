@@ -1,6 +1,7 @@
 //! A TCP proxy between busline and the real broker that a test can freeze
 //! (no byte forwarded either way, connections left open: a stalled network
-//! or a hung broker) or cut (every connection closed: a network failure).
+//! or a hung broker), cut (every connection closed: a network failure) or
+//! make refuse new connections (a broker that is down).
 
 use std::net::SocketAddr;
 
@@ -11,9 +12,11 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// A running proxy on 127.0.0.1 and a random port; stops when dropped.
+#[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
     frozen: watch::Sender<bool>,
+    refusing: watch::Sender<bool>,
     cuts: watch::Sender<u64>,
     accept: JoinHandle<()>,
 }
@@ -25,8 +28,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let addr = listener.local_addr().unwrap();
         let (frozen, _) = watch::channel(false);
+        let (refusing, _) = watch::channel(false);
         let (cuts, _) = watch::channel(0u64);
-        let (f, c) = (frozen.clone(), cuts.clone());
+        let (f, c, r) = (frozen.clone(), cuts.clone(), refusing.clone());
         let accept = tokio::spawn(async move {
             // Owned here, so aborting this task ends every connection.
             let mut connections = JoinSet::new();
@@ -35,19 +39,24 @@ impl Proxy {
                     return;
                 };
                 while connections.try_join_next().is_some() {}
+                if *r.borrow() {
+                    drop(client);
+                    continue;
+                }
                 connections.spawn(forward(client, upstream, f.subscribe(), c.subscribe()));
             }
         });
         Self {
             addr,
             frozen,
+            refusing,
             cuts,
             accept,
         }
     }
 
-    /// `url` (an `amqp://user:pass@host:port/vhost` URL) pointed at the
-    /// proxy instead.
+    /// `url` (`scheme://[user:pass@]host:port[/path]`) pointed at the proxy
+    /// instead.
     pub fn url_for(&self, url: &str) -> String {
         let (scheme, rest) = url.split_once("://").expect("a URL");
         let (auth, rest) = rest.rsplit_once('@').map_or(("", rest), |(a, r)| (a, r));
@@ -70,6 +79,12 @@ impl Proxy {
     pub fn cut(&self) {
         self.cuts.send_modify(|n| *n += 1);
     }
+
+    /// While `yes`, closes each new connection as soon as it is made, as a
+    /// port nothing listens on would; connections already made go on.
+    pub fn refuse(&self, yes: bool) {
+        self.refusing.send_replace(yes);
+    }
 }
 
 impl Drop for Proxy {
@@ -78,15 +93,22 @@ impl Drop for Proxy {
     }
 }
 
-/// The broker's address in an `amqp://…@host:port/…` URL.
+/// The broker's address in a `scheme://[…@]host[:port][/…]` URL (the
+/// scheme's default port where it names none: AMQP 5672, NATS 4222, Kafka
+/// 9092).
 pub fn upstream_of(url: &str) -> SocketAddr {
-    let rest = url.split_once("://").expect("a URL").1;
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let default_port = match scheme {
+        "nats" => 4222,
+        "kafka" => 9092,
+        _ => 5672,
+    };
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let authority = rest.split('/').next().unwrap();
     let authority = if authority.contains(':') {
         authority.to_owned()
     } else {
-        format!("{authority}:5672")
+        format!("{authority}:{default_port}")
     };
     let authority = authority.replace("localhost", "127.0.0.1");
     authority.parse().expect("a numeric 127.0.0.1 broker address")

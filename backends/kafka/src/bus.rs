@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use busline_core::backend::async_trait;
 use busline_core::{
-    BusConfig, Capabilities, ConfigError, EventBus, GroupInfo, InspectError, InspectErrorKind, PublishError,
-    RawEvent, StartFrom, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription, TopicInfo,
+    BusConfig, Capabilities, ConfigError, ConnectionState, EventBus, GroupInfo, InspectError,
+    InspectErrorKind, PublishError, RawEvent, StartFrom, SubscribeError, SubscribeErrorKind,
+    SubscribeOptions, Subscription, TopicInfo,
 };
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
@@ -170,6 +171,16 @@ impl EventBus for KafkaBus {
             .provision(topic, group, StartFrom::New)
             .await
             .map_err(|e| subscribe_error(&self.shared, topic, e))
+    }
+
+    fn connection_state(&self) -> ConnectionState {
+        // librdkafka reconnects inside and tells its brokers' states only
+        // through its statistics.
+        if self.shared.is_closed() {
+            ConnectionState::Closed
+        } else {
+            ConnectionState::Unknown
+        }
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicInfo>, InspectError> {

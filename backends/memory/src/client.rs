@@ -11,9 +11,9 @@ use std::time::Duration;
 use busline_core::backend::{async_trait, Acknowledge};
 use busline_core::wire;
 use busline_core::{
-    Capabilities, ConsumeError, DeadLetter, Delivery, EventBus, GroupInfo, InspectError, InspectErrorKind,
-    PublishError, PublishErrorKind, RawEvent, SettleError, SubscribeError, SubscribeErrorKind,
-    SubscribeOptions, Subscription, TopicInfo,
+    Capabilities, ConnectionState, ConsumeError, DeadLetter, Delivery, EventBus, GroupInfo, InspectError,
+    InspectErrorKind, PublishError, PublishErrorKind, RawEvent, SettleError, SubscribeError,
+    SubscribeErrorKind, SubscribeOptions, Subscription, TopicInfo,
 };
 use futures::Stream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -163,6 +163,14 @@ impl EventBus for MemoryBus {
         Ok(())
     }
 
+    fn connection_state(&self) -> ConnectionState {
+        if self.closed.is_set() {
+            ConnectionState::Closed
+        } else {
+            ConnectionState::Connected
+        }
+    }
+
     async fn list_topics(&self) -> Result<Vec<TopicInfo>, InspectError> {
         if self.closed.is_set() {
             return Err(InspectError::topics(InspectErrorKind::Closed));
@@ -294,8 +302,9 @@ impl Member {
 
     fn deliver(&self, entry: Entry, permit: OwnedSemaphorePermit) -> Delivery {
         let event = entry.message.read();
+        let received = event.is_err().then(|| entry.message.received());
         let attempt = entry.attempt;
-        Delivery::new(
+        let delivery = Delivery::new(
             event,
             attempt,
             self.topic.clone(),
@@ -306,7 +315,11 @@ impl Member {
                 broker: self.broker.clone(),
                 _permit: permit,
             }),
-        )
+        );
+        match received {
+            Some(received) => delivery.with_received(received),
+            None => delivery,
+        }
     }
 }
 

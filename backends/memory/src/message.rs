@@ -156,6 +156,28 @@ impl Stored {
         }
     }
 
+    /// The message as stored, for an operator looking at one whose envelope
+    /// cannot be read.
+    pub(crate) fn received(&self) -> busline_core::ReceivedMessage {
+        let (headers, body) = match self {
+            Stored::Event(e) => (Vec::new(), e.data.bytes.clone()),
+            Stored::Wire(w) => (
+                w.headers
+                    .iter()
+                    .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
+                    .collect(),
+                w.body.clone(),
+            ),
+            Stored::Packed(p) => (
+                p.headers()
+                    .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
+                    .collect(),
+                p.body.clone(),
+            ),
+        };
+        busline_core::ReceivedMessage::new(headers, body)
+    }
+
     /// The dead letter of this message: byte for byte the same, plus the
     /// letter's attributes.
     pub(crate) fn dead_lettered(&self, letter: &DeadLetter) -> Stored {

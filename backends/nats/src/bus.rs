@@ -7,8 +7,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use busline_core::backend::async_trait;
 use busline_core::{
-    Capabilities, ConfigError, EventBus, GroupInfo, InspectError, InspectErrorKind, PublishError, RawEvent,
-    RetryPolicy, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription, TopicInfo,
+    Capabilities, ConfigError, ConnectionState, EventBus, GroupInfo, InspectError, InspectErrorKind,
+    PublishError, RawEvent, RetryPolicy, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription,
+    TopicInfo,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -201,6 +202,21 @@ impl EventBus for NatsBus {
         self.shared.topology.remove(topic, group).await.map_err(fail)?;
         tracing::debug!(topic, group, "group removed");
         Ok(())
+    }
+
+    fn connection_state(&self) -> ConnectionState {
+        if self.shared.is_closed() {
+            return ConnectionState::Closed;
+        }
+        match self.shared.client.connection_state() {
+            async_nats::connection::State::Connected => ConnectionState::Connected,
+            async_nats::connection::State::Disconnected => ConnectionState::Reconnecting {
+                reason: "disconnected from the server".into(),
+            },
+            async_nats::connection::State::Pending => ConnectionState::Reconnecting {
+                reason: "connecting".into(),
+            },
+        }
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicInfo>, InspectError> {

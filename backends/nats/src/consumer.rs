@@ -236,6 +236,9 @@ impl Member {
             .attempt(&self.group_key, stream_sequence, attempt);
         let message = message.message;
         let event = headers::decode(message.headers.as_ref(), message.payload.clone());
+        let as_received = event
+            .is_err()
+            .then(|| headers::received(message.headers.as_ref(), message.payload.clone()));
         let received = Received {
             reply: message.reply.unwrap_or_else(|| "".into()),
             subject: message.subject,
@@ -249,13 +252,17 @@ impl Member {
             attempt,
         };
         let acker = NatsAcker::new(received, self.shared.clone(), self.keepalive.clone(), permit);
-        Delivery::new(
+        let delivery = Delivery::new(
             event,
             attempt,
             self.topic.clone(),
             self.group.clone(),
             Box::new(acker),
-        )
+        );
+        match as_received {
+            Some(message) => delivery.with_received(message),
+            None => delivery,
+        }
     }
 }
 

@@ -101,6 +101,25 @@ pub(crate) fn msg_id(event: &RawEvent) -> String {
 
 /// Reads the envelope of a received message; a message without headers is
 /// read as one with none (and so fails on the missing id).
+/// The message as the server handed it over, for an operator: every
+/// value of every header, in order.
+pub(crate) fn received(headers: Option<&HeaderMap>, body: Bytes) -> busline_core::ReceivedMessage {
+    let headers = headers
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .flat_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values.iter().map(move |v| {
+                (
+                    Bytes::copy_from_slice(name.as_bytes()),
+                    Bytes::copy_from_slice(v.as_str().as_bytes()),
+                )
+            })
+        })
+        .collect();
+    busline_core::ReceivedMessage::new(headers, body)
+}
+
 pub(crate) fn decode(headers: Option<&HeaderMap>, body: Bytes) -> Result<RawEvent, EnvelopeError> {
     let pairs = || {
         headers

@@ -4,8 +4,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use busline_core::backend::async_trait;
 use busline_core::{
-    Capabilities, EventBus, GroupInfo, InspectError, InspectErrorKind, PublishError, PublishErrorKind,
-    RawEvent, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription, TopicInfo,
+    Capabilities, ConnectionState, EventBus, GroupInfo, InspectError, InspectErrorKind, PublishError,
+    PublishErrorKind, RawEvent, SubscribeError, SubscribeErrorKind, SubscribeOptions, Subscription,
+    TopicInfo,
 };
 use lapin::types::ShortString;
 use tokio::sync::watch;
@@ -347,6 +348,22 @@ impl EventBus for RabbitBus {
             .remove(&self.inner.consume_link, topic, group, &retry);
         self.within_operation_timeout(topic, "removing the group", removed)
             .await
+    }
+
+    fn connection_state(&self) -> ConnectionState {
+        // The first connection of the bus that is not connected speaks for
+        // it: publishing, declaring, or a subscription's own.
+        let members: Vec<Arc<Link>> = {
+            let members = self.inner.members.lock().unwrap_or_else(|p| p.into_inner());
+            members.iter().filter_map(Weak::upgrade).collect()
+        };
+        let state = [&self.inner.publish_link, &self.inner.consume_link]
+            .into_iter()
+            .chain(members.iter())
+            .map(|link| link.connection_state())
+            .find(|state| *state != ConnectionState::Connected)
+            .unwrap_or(ConnectionState::Connected);
+        state
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicInfo>, InspectError> {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use busline_core::RetryPolicy;
+use busline_core::{ConnectionState, RetryPolicy};
 use lapin::types::LongString;
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{watch, Mutex};
@@ -55,6 +55,15 @@ struct State {
     next_seed: usize,
 }
 
+/// What [`Link::connection_state`] reads without waiting for the state
+/// lock (a connection attempt holds that for up to `connect_timeout`).
+#[derive(Default)]
+struct Seen {
+    live: Option<Arc<Live>>,
+    /// Why the last connection went or could not be made.
+    last_error: Option<String>,
+}
+
 pub(crate) struct Link {
     /// Never empty.
     seeds: Vec<Seed>,
@@ -64,6 +73,7 @@ pub(crate) struct Link {
     connect_timeout: Duration,
     tls: lapin::tcp::OwnedTLSConfig,
     state: Mutex<State>,
+    seen: std::sync::Mutex<Seen>,
     closed: watch::Sender<bool>,
 }
 
@@ -107,12 +117,38 @@ impl Link {
                 failures: 0,
                 next_seed: 0,
             }),
+            seen: std::sync::Mutex::default(),
             closed,
         })
     }
 
     fn is_closed(&self) -> bool {
         *self.closed.borrow()
+    }
+
+    fn see(&self, live: Option<Arc<Live>>, error: Option<String>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.live = live;
+        seen.last_error = error;
+    }
+
+    /// Connected, or why not, as last seen; never waits. A link not used
+    /// yet has failed at nothing, so it counts as connected.
+    pub(crate) fn connection_state(&self) -> ConnectionState {
+        if self.is_closed() {
+            return ConnectionState::Closed;
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match (&seen.live, &seen.last_error) {
+            (Some(live), _) if live.connection.status().connected() => ConnectionState::Connected,
+            (Some(_), _) => ConnectionState::Reconnecting {
+                reason: "the connection to the broker was lost".into(),
+            },
+            (None, Some(error)) => ConnectionState::Reconnecting {
+                reason: error.clone(),
+            },
+            (None, None) => ConnectionState::Connected,
+        }
     }
 
     /// The live connection, connecting once if there is none. Concurrent
@@ -135,6 +171,7 @@ impl Link {
             // packets would cost `connect_timeout`).
             state.live = None;
             state.next_seed = (state.next_seed + 1) % self.seeds.len();
+            self.see(None, Some("the connection to the broker was lost".into()));
         }
         if let Some((at, error)) = &state.retry_at {
             if Instant::now() < *at {
@@ -151,6 +188,7 @@ impl Link {
                 state.live = Some(live.clone());
                 state.retry_at = None;
                 state.failures = 0;
+                self.see(Some(live.clone()), None);
                 if self.is_closed() {
                     // Shutdown began while we connected: do not leak it.
                     let _ = live.connection.close(200, "shutdown".into()).await;
@@ -168,6 +206,7 @@ impl Link {
                     .with_jitter(0.25)
                     .backoff(state.failures);
                 state.retry_at = Some((Instant::now() + wait, error.clone()));
+                self.see(None, Some(error.clone()));
                 Err(LinkError::Connect(error))
             }
         }
@@ -263,6 +302,10 @@ impl Link {
         {
             state.live = None;
             state.next_seed = (state.next_seed + 1) % self.seeds.len();
+            self.see(
+                None,
+                Some("the broker stopped answering on the connection".into()),
+            );
         }
     }
 

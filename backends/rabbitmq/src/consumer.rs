@@ -207,6 +207,9 @@ impl Member {
         } = d;
         let body = Bytes::from(data);
         let event = headers::decode(&properties, body.clone());
+        let as_received = event
+            .is_err()
+            .then(|| headers::received(&properties, body.clone()));
         let attempt = headers::attempt(&properties, redelivered);
         let received = Received {
             properties,
@@ -214,7 +217,7 @@ impl Member {
             routing_key,
             attempt,
         };
-        Delivery::new(
+        let delivery = Delivery::new(
             event,
             attempt,
             self.group.topic.clone(),
@@ -225,7 +228,11 @@ impl Member {
                 received,
                 self.group.clone(),
             )),
-        )
+        );
+        match as_received {
+            Some(message) => delivery.with_received(message),
+            None => delivery,
+        }
     }
 }
 

@@ -136,6 +136,37 @@ fn native_time(value: &AMQPValue) -> Option<Cow<'static, [u8]>> {
     Some(Cow::Owned(wire::format_time(&time).into_bytes()))
 }
 
+/// The message as the broker handed it over, for an operator: its
+/// headers (tables, arrays and decimals in their debug form), then its
+/// content type and message id properties as `amqp.content_type` and
+/// `amqp.message_id`.
+pub(crate) fn received(props: &BasicProperties, body: Bytes) -> busline_core::ReceivedMessage {
+    let mut headers: Vec<(Bytes, Bytes)> = props
+        .headers()
+        .iter()
+        .flat_map(|t| t.inner().iter())
+        .map(|(k, v)| {
+            let value = match value_bytes(v) {
+                Some(bytes) => Bytes::copy_from_slice(&bytes),
+                None => Bytes::from(format!("{v:?}")),
+            };
+            (Bytes::copy_from_slice(k.as_str().as_bytes()), value)
+        })
+        .collect();
+    for (name, property) in [
+        ("amqp.content_type", props.content_type()),
+        ("amqp.message_id", props.message_id()),
+    ] {
+        if let Some(value) = property {
+            headers.push((
+                Bytes::from_static(name.as_bytes()),
+                Bytes::copy_from_slice(value.as_str().as_bytes()),
+            ));
+        }
+    }
+    busline_core::ReceivedMessage::new(headers, body)
+}
+
 /// Reads the envelope of a received message; a typed error for poison.
 pub(crate) fn decode(props: &BasicProperties, body: Bytes) -> Result<RawEvent, EnvelopeError> {
     let empty = FieldTable::default();

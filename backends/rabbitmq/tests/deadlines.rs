@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use busline_core::{Bus, Context, DomainEvent, HandlerError, PublishErrorKind, Router, SubscribeOptions};
 use busline_rabbitmq::RabbitConfig;
 use busline_testkit::events::Ping;
+use busline_testkit::proxy::{upstream_of, Proxy};
 use busline_testkit::support::{within, Collector, WAIT};
 use busline_testkit::test_settings;
-use common::proxy::{upstream_of, Proxy};
 use common::{unique, RabbitFixture};
 use futures::StreamExt;
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 use busline_core::{Bus, BusConfig, ConfigError, SubscribeOptions};
 use busline_rabbitmq::RabbitConfig;
 use busline_testkit::events::Ping;
+use busline_testkit::proxy::{upstream_of, Proxy};
 use busline_testkit::support::{within, WAIT};
 use busline_testkit::test_settings;
-use common::proxy::{upstream_of, Proxy};
 use common::{unique, RabbitFixture};
 use futures::StreamExt;
 

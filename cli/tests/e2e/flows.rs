@@ -309,3 +309,74 @@ pub async fn topics_and_groups_show_the_lag(url: &str) {
     let _ = bus.remove_group(&topic, &group).await;
     bus.shutdown().await;
 }
+
+pub async fn unreadable_letter_is_listed_with_its_headers(url: &str, bytes_headers: bool) {
+    let cli = Cli::new(url);
+    let bus = connect(url).await;
+    let topic = unique("cli-foreign");
+    let group = unique("billing");
+    let id = unique("legacy");
+    let (router, _handled) = billing(&bus, &topic, &group).await;
+    crate::foreign::publish(url, &topic, &id).await;
+    eventually(WAIT, "the foreign message dead-lettered", || {
+        router.stats().dead_lettered == 1
+    })
+    .await;
+
+    let list = cli.run(&["dlq", "list", &topic, &group]).await;
+    list.assert_code(0);
+    let row = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("the table names the letter by its own id header: {list}"));
+    assert!(row.contains("unreadable"), "{row}");
+    assert!(list.stdout.contains("(1 unreadable)"), "{list}");
+    let details = list
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("headers"))
+        .unwrap_or_else(|| panic!("the letter's headers are listed: {list}"));
+    assert!(details.contains("x-team=legacy-billing"), "{details}");
+    assert!(details.contains("specversion=0.3"), "{details}");
+    if bytes_headers {
+        assert!(
+            details.contains(r"x-trace=\xff\xfe"),
+            "bytes that are not UTF-8 are escaped, not dropped: {details}"
+        );
+    }
+    assert!(
+        list.stdout.contains(r#"{"order_id":"o-legacy"}"#),
+        "the body: {list}"
+    );
+
+    let json = cli.run(&["dlq", "list", &topic, &group, "--json"]).await;
+    json.assert_code(0);
+    let line: serde_json::Value =
+        serde_json::from_str(json.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(line["id"], id.as_str(), "{line}");
+    assert!(line["unreadable"].is_string(), "{line}");
+    let headers = line["received"]["headers"].as_array().expect("headers");
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "x-team" && h[1] == "legacy-billing"),
+        "{line}"
+    );
+    assert_eq!(line["received"]["body"]["text"], r#"{"order_id":"o-legacy"}"#);
+
+    let show = cli.run(&["dlq", "show", &topic, &group, &id]).await;
+    show.assert_code(0);
+    assert!(show.stdout.contains("\"unreadable\""), "{show}");
+
+    let purge = cli
+        .run(&["dlq", "purge", &topic, &group, "--reason", "unreadable", "--yes"])
+        .await;
+    purge.assert_code(0);
+    let after = cli.run(&["dlq", "list", &topic, &group]).await;
+    after.assert_code(0);
+    assert!(after.stdout.contains("no dead letters"), "{after}");
+    router.shutdown().await.expect("the router stops");
+    let _ = bus.remove_group(&topic, &group).await;
+    bus.shutdown().await;
+}

@@ -6,6 +6,7 @@
 
 mod cli;
 mod flows;
+mod foreign;
 
 mod memory {
     use crate::cli::{closed_port, Cli};
@@ -92,9 +93,10 @@ mod memory {
 
 /// The flows on one broker: `$from` is where tail starts, `$removes`
 /// whether the doctor can clean its group up, `$closed` the URL of a closed
-/// port with `{}` for the port.
+/// port with `{}` for the port, `$bytes_headers` whether the broker's own
+/// client writes header values that are not UTF-8 (async-nats takes strings).
 macro_rules! broker_flows {
-    ($name:ident, $broker:expr, $from:expr, $removes:expr, $closed:expr) => {
+    ($name:ident, $broker:expr, $from:expr, $removes:expr, $closed:expr, $bytes_headers:expr) => {
         mod $name {
             use busline_testkit::brokers::{find, Broker};
 
@@ -121,6 +123,11 @@ macro_rules! broker_flows {
             }
 
             #[tokio::test]
+            async fn unreadable_letter_is_listed_with_its_headers() {
+                flows::unreadable_letter_is_listed_with_its_headers(&url().await, $bytes_headers).await;
+            }
+
+            #[tokio::test]
             async fn topics_and_groups_show_the_lag() {
                 flows::topics_and_groups_show_the_lag(&url().await).await;
             }
@@ -144,11 +151,19 @@ broker_flows!(
     Broker::RabbitMq,
     "latest",
     true,
-    "amqp://guest:guest@127.0.0.1:{}/%2f"
+    "amqp://guest:guest@127.0.0.1:{}/%2f",
+    true
 );
-broker_flows!(nats, Broker::Nats, "latest", true, "nats://127.0.0.1:{}");
+broker_flows!(nats, Broker::Nats, "latest", true, "nats://127.0.0.1:{}", false);
 // From the earliest offset: a new Kafka group resolves "latest" when its
 // partitions are assigned, which can be after the publish. Kafka answers
 // Unsupported to remove_group (on main), so the doctor's clean-up is a
 // note, not a failure.
-broker_flows!(kafka, Broker::Kafka, "earliest", false, "kafka://127.0.0.1:{}");
+broker_flows!(
+    kafka,
+    Broker::Kafka,
+    "earliest",
+    false,
+    "kafka://127.0.0.1:{}",
+    true
+);

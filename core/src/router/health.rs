@@ -54,15 +54,20 @@ pub struct RouterHealth {
     pub group: String,
     /// Every subscription, in topic order.
     pub subscriptions: Vec<SubscriptionHealth>,
+    /// Whether its bus reaches the broker ([`Bus::connection_state`](crate::Bus::connection_state)).
+    pub connection: crate::ConnectionState,
 }
 
 impl RouterHealth {
     /// Every subscription is taking deliveries (none paused, stopped or
-    /// failed): the router is ready for traffic.
+    /// failed) and the bus is not known to be disconnected: the router is
+    /// ready for traffic. A reconnecting bus is alive, not ready.
     pub fn is_ready(&self) -> bool {
-        self.subscriptions
-            .iter()
-            .all(|s| s.state == SubscriptionState::Running)
+        self.connection.is_usable()
+            && self
+                .subscriptions
+                .iter()
+                .all(|s| s.state == SubscriptionState::Running)
     }
 
     /// No subscription has failed (paused ones are alive).
@@ -113,10 +118,11 @@ impl HealthBoard {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> RouterHealth {
+    pub(crate) fn snapshot(&self, connection: crate::ConnectionState) -> RouterHealth {
         RouterHealth {
             group: self.group.to_string(),
             subscriptions: self.states.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            connection,
         }
     }
 }
@@ -162,7 +168,7 @@ impl RouterProbe {
 
     /// Which subscriptions are taking deliveries, paused, stopped or dead.
     pub fn health(&self) -> RouterHealth {
-        self.board.snapshot()
+        self.board.snapshot(self.shared.bus.connection_state())
     }
 
     /// The router's counters so far.

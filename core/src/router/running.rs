@@ -273,7 +273,7 @@ impl RunningRouter {
     /// Which subscriptions are taking deliveries, paused or dead: for
     /// readiness and liveness probes.
     pub fn health(&self) -> RouterHealth {
-        self.health.snapshot()
+        self.health.snapshot(self.shared.bus.connection_state())
     }
 
     /// A cloneable handle on [`health`](Self::health) and

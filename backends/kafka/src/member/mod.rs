@@ -153,14 +153,19 @@ impl MemberShared {
                 }
             };
             if let Some(h) = handout {
+                let received = h.event.is_err().then(|| h.record.received());
                 let acker = acker::KafkaAcker::new(self.clone(), h.ticket, h.record, h.attempt);
-                return Some(Ok(Delivery::new(
+                let delivery = Delivery::new(
                     h.event,
                     h.attempt,
                     self.topic.clone(),
                     self.group.clone(),
                     Box::new(acker),
-                )));
+                );
+                return Some(Ok(match received {
+                    Some(received) => delivery.with_received(received),
+                    None => delivery,
+                }));
             }
             woken.await;
         }

@@ -47,6 +47,26 @@ impl Record {
     pub(crate) fn decode(&self) -> Result<RawEvent, EnvelopeError> {
         headers::decode(&self.headers, self.key.as_deref(), self.payload.clone())
     }
+
+    /// The record as the broker handed it over, for an operator: its
+    /// headers (a header without a value as empty) and, where it has one,
+    /// its key as `kafka.key`.
+    pub(crate) fn received(&self) -> busline_core::ReceivedMessage {
+        let mut headers: Vec<(Bytes, Bytes)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    Bytes::copy_from_slice(k),
+                    v.as_deref().map(Bytes::copy_from_slice).unwrap_or_default(),
+                )
+            })
+            .collect();
+        if let Some(key) = &self.key {
+            headers.push((Bytes::from_static(b"kafka.key"), Bytes::copy_from_slice(key)));
+        }
+        busline_core::ReceivedMessage::new(headers, self.payload.clone())
+    }
 }
 
 /// Names one record of one assignment.

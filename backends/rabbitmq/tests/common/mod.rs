@@ -1,7 +1,6 @@
 //! The RabbitMQ fixture shared by this crate's integration tests.
 #![allow(dead_code)]
 
-pub mod proxy;
 pub mod raw;
 
 use std::time::Duration;
