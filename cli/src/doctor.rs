@@ -86,8 +86,12 @@ pub(crate) async fn run(global: &Global, args: DoctorArgs) -> Result<ExitCode, C
         caps.order_per_key,
         caps.replay_from_start
     );
-    let topic = format!("busline-doctor-{}", crate::connect::random_suffix());
-    let group = "doctor";
+    let suffix = crate::connect::random_suffix();
+    let topic = format!("busline-doctor-{suffix}");
+    // A group of its own too: Kafka deletes a consumer group whole, so a
+    // group shared across runs could not be removed with one topic.
+    let group = format!("doctor-{suffix}");
+    let group = group.as_str();
     let limit = args.step_timeout;
     let first_wait = connect::first_wait(&config);
     let mut report = Report { failed: false };

@@ -173,6 +173,26 @@ impl EventBus for KafkaBus {
             .map_err(|e| subscribe_error(&self.shared, topic, e))
     }
 
+    async fn remove_group(&self, topic: &str, group: &str) -> Result<(), SubscribeError> {
+        if self.shared.is_closed() {
+            return Err(SubscribeError::new(SubscribeErrorKind::Closed, topic));
+        }
+        if topic.is_empty() || group.is_empty() {
+            return Err(SubscribeError::new(SubscribeErrorKind::InvalidName, topic));
+        }
+        crate::removal::remove_group(&self.shared, topic, group)
+            .await
+            .map_err(|e| {
+                let kind = match e {
+                    crate::removal::RemovalError::Unsupported => SubscribeErrorKind::Unsupported,
+                    crate::removal::RemovalError::Broker(_) => SubscribeErrorKind::Topology,
+                };
+                SubscribeError::new(kind, topic).with_source(e)
+            })?;
+        tracing::debug!(topic, group, "group removed");
+        Ok(())
+    }
+
     fn connection_state(&self) -> ConnectionState {
         // librdkafka reconnects inside and tells its brokers' states only
         // through its statistics.
@@ -187,7 +207,8 @@ impl EventBus for KafkaBus {
         if self.shared.is_closed() {
             return Err(InspectError::topics(InspectErrorKind::Closed));
         }
-        crate::inventory::topics(&self.shared.producer, self.shared.config.operation_timeout).await
+        let shared = &self.shared;
+        crate::inventory::topics(&shared.producer, shared.config.clone(), shared.bootstrap.clone()).await
     }
 
     async fn list_groups(&self, topic: &str) -> Result<Vec<GroupInfo>, InspectError> {

@@ -74,6 +74,12 @@ pub struct KafkaConfig {
     /// brokers without CreateTopics that create topics when their metadata
     /// is requested (librdkafka's mock cluster, `auto.create.topics.enable`).
     pub admin_create_topics: bool,
+    /// Remove groups with the admin API (`remove_group`: DeleteGroups for
+    /// the group's consumer groups, DeleteTopics for its dead-letter
+    /// topics; default). `false` for brokers without them (librdkafka's
+    /// mock cluster, Azure Event Hubs): `remove_group` then answers
+    /// `Unsupported`.
+    pub admin_delete_groups: bool,
     /// Properties for the producer only.
     pub producer: Properties,
     /// Properties for the consumers (and the group-offset client) only.
@@ -147,6 +153,7 @@ impl Default for KafkaConfig {
             replication: 1,
             topic_config: BTreeMap::new(),
             admin_create_topics: true,
+            admin_delete_groups: true,
             producer: Properties::default(),
             consumer: Properties::default(),
             commit_interval: Duration::from_millis(100),

@@ -95,6 +95,7 @@ mod headers;
 mod inventory;
 mod member;
 mod publisher;
+mod removal;
 mod shared;
 mod topology;
 

@@ -264,6 +264,30 @@ impl Topology {
         Ok(())
     }
 
+    /// Forgets what this connection declared for consumer group
+    /// `group_id` on `topic` (the group is gone), so provisioning it again
+    /// records its start afresh.
+    pub(crate) fn forget_group(&self, group_id: &str, topic: &str) {
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(group_id.to_owned(), topic.to_owned()));
+        self.forget_hints(group_id, topic);
+    }
+
+    /// Forgets that `topic` exists (it was deleted).
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(topic);
+    }
+
+    /// The admin client, for removals.
+    pub(crate) fn admin(&self) -> &AdminClient<DefaultClientContext> {
+        &self.admin
+    }
+
     /// Drops the start offsets kept for consumer group `group_id` on
     /// `topic`: a member committed them.
     pub(crate) fn forget_hints(&self, group_id: &str, topic: &str) {

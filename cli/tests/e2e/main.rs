@@ -156,14 +156,12 @@ broker_flows!(
 );
 broker_flows!(nats, Broker::Nats, "latest", true, "nats://127.0.0.1:{}", false);
 // From the earliest offset: a new Kafka group resolves "latest" when its
-// partitions are assigned, which can be after the publish. Kafka answers
-// Unsupported to remove_group (on main), so the doctor's clean-up is a
-// note, not a failure.
+// partitions are assigned, which can be after the publish.
 broker_flows!(
     kafka,
     Broker::Kafka,
     "earliest",
-    false,
+    true,
     "kafka://127.0.0.1:{}",
     true
 );

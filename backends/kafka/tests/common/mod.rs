@@ -75,6 +75,10 @@ impl KafkaFixture {
         // The mock cluster has no CreateTopics; it creates topics (with 4
         // partitions) when asked for their metadata.
         kafka.admin_create_topics = false;
+        // Nor DeleteGroups and DeleteTopics: remove_group answers
+        // Unsupported (librdkafka, asked to send DeleteGroups to a broker
+        // without it, failed an assertion here).
+        kafka.admin_delete_groups = false;
         Self {
             url: format!("kafka://{}", mock.bootstrap()),
             kafka,
