@@ -23,7 +23,8 @@ pub(crate) struct TailArgs {
     /// a group a service consumes from: tail acknowledges what it reads.
     #[arg(long)]
     group: Option<String>,
-    /// Keep the group on the broker on exit (to resume from where it stopped).
+    /// Keep tail's own group on the broker on exit, to resume from where it
+    /// stopped (a group named with --group is always kept).
     #[arg(long)]
     keep_group: bool,
     /// Where a new group starts: events published from now on, or every

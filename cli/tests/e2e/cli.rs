@@ -93,7 +93,8 @@ impl Cli {
         }
     }
 
-    /// Starts `busline tail ...` and returns once it says it is tailing.
+    /// Starts `busline tail ...` and returns once it says it is tailing
+    /// (subscribed).
     pub async fn tail(&self, args: &[&str]) -> Tail {
         let mut full = vec!["tail"];
         full.extend_from_slice(args);
@@ -104,7 +105,9 @@ impl Cli {
             while let Ok(Some(line)) = stderr.next_line().await {
                 said.push_str(&line);
                 said.push('\n');
-                if line.contains("tailing") {
+                // Not the warning "... tailing from now on", which comes
+                // before the subscription.
+                if line.contains("tailing") && line.contains(" as group ") {
                     return true;
                 }
             }

@@ -317,11 +317,37 @@ pub async fn unreadable_letter_is_listed_with_its_headers(url: &str, bytes_heade
     let group = unique("billing");
     let id = unique("legacy");
     let (router, _handled) = billing(&bus, &topic, &group).await;
+    let tail = cli
+        .tail(&[
+            &topic,
+            "--json",
+            "--count",
+            "1",
+            "--from",
+            "earliest",
+            "--timeout",
+            "120s",
+        ])
+        .await;
     crate::foreign::publish(url, &topic, &id).await;
     eventually(WAIT, "the foreign message dead-lettered", || {
         router.stats().dead_lettered == 1
     })
     .await;
+    let tailed = tail.finish().await;
+    tailed.assert_code(0);
+    let line: serde_json::Value =
+        serde_json::from_str(tailed.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {tailed}"));
+    assert!(
+        line["unreadable"].is_string(),
+        "tail shows it as unreadable: {line}"
+    );
+    assert!(
+        line["received"]["headers"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| h[0] == "x-team" && h[1] == "legacy-billing")),
+        "tail shows what was received: {line}"
+    );
 
     let list = cli.run(&["dlq", "list", &topic, &group]).await;
     list.assert_code(0);
