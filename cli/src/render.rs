@@ -1,6 +1,7 @@
 //! How events look on the terminal and as JSON lines.
 
 use base64::Engine;
+use busline_core::wire::HeaderDialect;
 use busline_core::{EnvelopeError, RawEvent, ReceivedMessage};
 use serde_json::{json, Map, Value};
 
@@ -147,9 +148,18 @@ pub(crate) fn received_pretty(received: &ReceivedMessage) -> String {
 /// under any dialect's header prefix: for naming the message to an
 /// operator (its id), never for trusting it.
 pub(crate) fn raw_attribute<'a>(received: &'a ReceivedMessage, attribute: &str) -> Option<&'a [u8]> {
-    ["ce_", "ce-", "cloudEvents:", "cloudEvents_"]
-        .iter()
-        .find_map(|prefix| received.header(&format!("{prefix}{attribute}")))
+    // The dialects' prefixes, and `cloudEvents:`, the AMQP binding's other
+    // spelling (read like `cloudEvents_` by the RabbitMQ backend).
+    [
+        HeaderDialect::KAFKA,
+        HeaderDialect::AMQP,
+        HeaderDialect::NATS,
+        HeaderDialect::MEMORY,
+    ]
+    .iter()
+    .map(|d| d.prefix)
+    .chain(["cloudEvents:"])
+    .find_map(|prefix| received.header(&format!("{prefix}{attribute}")))
 }
 
 /// `text` cut to `max` characters, with an ellipsis when cut; newlines

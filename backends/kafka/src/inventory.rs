@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{Bootstrap, KafkaConfig};
-use crate::topology::{blocking, committed, consumer_group_id};
+use crate::topology::{blocking, committed, consumer_group_id, group_client};
 
 /// Offset fetchers of `groups` working at once.
 const FETCHERS: usize = 16;
@@ -72,10 +72,7 @@ fn watermarks(
 
 fn inventory_client(config: &KafkaConfig, bootstrap: &Bootstrap) -> Result<BaseConsumer, String> {
     // A group id it never joins: librdkafka's consumer wants one.
-    config
-        .consumer_config(bootstrap, "busline-inventory")
-        .create()
-        .map_err(|e| format!("inventory client: {e}"))
+    group_client(config, bootstrap, "busline-inventory")
 }
 
 pub(crate) async fn topics(
@@ -186,10 +183,7 @@ pub(crate) async fn groups(
                     scope.spawn(move || {
                         let mut found = Vec::new();
                         for (group, id, members) in part {
-                            let reader: BaseConsumer = config
-                                .consumer_config(bootstrap, id)
-                                .create()
-                                .map_err(|e| format!("group client: {e}"))?;
+                            let reader = group_client(config, bootstrap, id)?;
                             let offsets = committed(&reader, topic, partitions, timeout)?;
                             if offsets.is_empty() {
                                 // A group of other topics only.

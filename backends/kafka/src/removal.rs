@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use busline_core::dead_letter_topic;
 use rdkafka::admin::AdminOptions;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::Producer;
 use rdkafka::TopicPartitionList;
 
 use crate::shared::Shared;
-use crate::topology::{blocking, consumer_group_id};
+use crate::topology::{blocking, consumer_group_id, group_client};
 
 /// Dead-letter levels below a topic that are removed with the group: its
 /// DLQ, and the DLQs a member reading its own DLQ leaves
@@ -54,7 +54,6 @@ pub(crate) async fn remove_group(shared: &Arc<Shared>, topic: &str, group: &str)
             .take(1 + DEAD_LETTER_LEVELS)
             .collect();
     let mut group_ids: Vec<String> = levels.iter().map(|t| consumer_group_id(t, group)).collect();
-    group_ids.dedup();
     group_ids.sort();
     group_ids.dedup();
 
@@ -124,10 +123,7 @@ async fn refuse_if_offsets_elsewhere(
         }
         let mut found = Vec::new();
         for id in &group_ids {
-            let reader: BaseConsumer = config
-                .consumer_config(&bootstrap, id)
-                .create()
-                .map_err(|e| format!("group client: {e}"))?;
+            let reader = group_client(&config, &bootstrap, id)?;
             let committed = reader
                 .committed_offsets(others.clone(), timeout)
                 .map_err(|e| format!("committed offsets of `{id}`: {e}"))?;

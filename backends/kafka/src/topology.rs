@@ -207,12 +207,8 @@ impl Topology {
             return Ok(());
         }
         let partitions = self.await_metadata(topic).await.map_err(TopologyError::Broker)?;
-        let client = |group: &str| -> Result<BaseConsumer, TopologyError> {
-            self.config
-                .consumer_config(&self.bootstrap, group)
-                .create()
-                .map_err(|e| TopologyError::Broker(format!("group client: {e}")))
-        };
+        let client =
+            |group: &str| group_client(&self.config, &self.bootstrap, group).map_err(TopologyError::Broker);
         let consumer = client(&group_id)?;
         let legacy = if group_id != group {
             Some(client(group)?)
@@ -338,6 +334,20 @@ pub fn consumer_group_id(topic: &str, group: &str) -> String {
     } else {
         group.to_owned()
     }
+}
+
+/// A consumer that never joins `group_id`, for reading and committing the
+/// group's offsets (librdkafka asks for the offsets of a consumer's own
+/// group).
+pub(crate) fn group_client(
+    config: &KafkaConfig,
+    bootstrap: &Bootstrap,
+    group_id: &str,
+) -> Result<BaseConsumer, String> {
+    config
+        .consumer_config(bootstrap, group_id)
+        .create()
+        .map_err(|e| format!("group client of `{group_id}`: {e}"))
 }
 
 /// The committed offsets of the consumer's group on `partitions` of

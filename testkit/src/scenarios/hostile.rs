@@ -246,11 +246,22 @@ pub async fn hostile_input(fixture: &dyn BusFixture, poison: Poison) {
                 // A letter keeps the poison's headers byte for byte, so a
                 // poison in the envelope itself stays unreadable in the
                 // DLQ; only those may arrive so.
-                Err(e) => assert!(
-                    poison.spoils_envelope(),
-                    "{poison:?} on {}: the letter is unreadable: {e}",
-                    fixture.name()
-                ),
+                Err(e) => {
+                    assert!(
+                        poison.spoils_envelope(),
+                        "{poison:?} on {}: the letter is unreadable: {e}",
+                        fixture.name()
+                    );
+                    // What an operator needs to find its producer.
+                    let kept = dlq.received.snapshot();
+                    assert!(
+                        kept.first()
+                            .and_then(Option::as_ref)
+                            .is_some_and(|r| !r.headers.is_empty()),
+                        "{poison:?} on {}: the unreadable letter keeps its headers as received: {kept:?}",
+                        fixture.name()
+                    );
+                }
             }
         }
         HostileOutcome::MovedAside | HostileOutcome::Refused(_) => {

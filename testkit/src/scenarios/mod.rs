@@ -57,6 +57,8 @@ pub(crate) async fn next_delivery(sub: &mut Subscription, what: &str) -> Deliver
 /// Reads a dead-letter topic in the background, acking what it reads.
 pub(crate) struct DlqReader {
     pub(crate) letters: Arc<Collector<Result<RawEvent, EnvelopeError>>>,
+    /// For each unreadable letter, what the backend kept of it as received.
+    pub(crate) received: Arc<Collector<Option<busline_core::ReceivedMessage>>>,
     task: JoinHandle<()>,
 }
 
@@ -75,15 +77,22 @@ impl DlqReader {
             )
             .await
             .expect("subscribe to the DLQ");
-        let letters = Collector::new();
-        let sink = letters.clone();
+        let (letters, received) = (Collector::new(), Collector::new());
+        let (sink, kept) = (letters.clone(), received.clone());
         let task = tokio::spawn(async move {
             while let Some(Ok(d)) = sub.next().await {
+                if d.event().is_err() {
+                    kept.push(d.received().cloned());
+                }
                 sink.push(d.event().cloned().map_err(Clone::clone));
                 let _ = d.ack().await;
             }
         });
-        Self { letters, task }
+        Self {
+            letters,
+            received,
+            task,
+        }
     }
 }
 
